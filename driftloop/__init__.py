@@ -1,0 +1,3 @@
+"""driftloop: keep a deployed model healthy as the world drifts."""
+
+__version__ = "0.1.0"
