@@ -212,6 +212,7 @@ class Settings(BaseSettings):
     tracking_uri: str | None = None
     artifact_root: str | None = None
     triggered_by: str = Field(default_factory=lambda: os.environ.get("USER", "cli"))
+    mlflow_ui: str = "http://127.0.0.1:5000"
 
     @property
     def state_dir(self) -> Path:
@@ -224,6 +225,10 @@ class Settings(BaseSettings):
             or os.environ.get("MLFLOW_TRACKING_URI")
             or f"sqlite:///{self.state_dir / 'mlflow.db'}"
         )
+
+    @property
+    def tracking_uri_is_server(self) -> bool:
+        return self.mlflow_uri.startswith(("http://", "https://"))
 
     @property
     def mlflow_artifacts(self) -> str:
@@ -252,6 +257,7 @@ QUIET_OFFLINE_ENV = {
     "PREFECT_UI_SHOW_PROMOTIONAL_CONTENT": "false",
     "GIT_PYTHON_REFRESH": "quiet",
     "TQDM_DISABLE": "1",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
 
 

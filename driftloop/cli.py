@@ -1,0 +1,231 @@
+"""The driftloop command line. Heavy libraries are imported inside commands, so --help is fast.
+
+Exit codes: 0 ok; 1 unexpected; 2 config; 3 ingest; 4 validation failed (batch quarantined);
+5 training; 6 registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from driftloop.errors import DriftloopError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Keep a model healthy: ingest, validate, train, promote, monitor, retrain.\n\n"
+    "Examples:\n\n  driftloop run                 # ingest + validate + train + promote (Prefect flow)\n\n"
+    "  driftloop ingest batch.csv    # gate and version a batch file\n\n"
+    "  driftloop status --json       # champion, challenger, last decision",
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _context() -> tuple[Any, Any]:
+    from driftloop.config import Settings, apply_env_defaults, load_params
+
+    settings = Settings()
+    apply_env_defaults(settings)
+    return load_params(settings.project / "params.yaml"), settings
+
+
+def _emit(payload: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    else:
+        typer.echo(text if text is not None else payload)
+
+
+def _fail(exc: DriftloopError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def ingest(
+    file: str = typer.Argument(None, help="A CSV/Parquet batch file (default: params data.source)"),
+    source: str = typer.Option(None, help="'seattle' or a file path (overrides params)"),
+    until: str = typer.Option(None, help="Ingest the source only up to this date (YYYY-MM-DD)"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+) -> None:
+    """Gate a batch with Great Expectations and version it with DVC (or quarantine it)."""
+    from driftloop import pipeline
+
+    try:
+        params, settings = _context()
+        src = file or source or params.data.source
+        stop = until if until is not None else (params.data.until if src == "seattle" else None)
+        result = pipeline.ingest(params, settings, pipeline.read_next_batch(params, settings, src, stop))
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    text = (
+        f"{result.origin}: nothing new to ingest (data md5 {result.data_md5 or '-'})"
+        if result.nothing_new
+        else f"accepted {result.rows} rows {result.first}..{result.last} -> {result.path} "
+        f"(data md5 {result.data_md5})"
+    )
+    _emit({**result.__dict__, "path": str(result.path) if result.path else None}, as_json, text)
+
+
+@app.command()
+def validate() -> None:
+    """Re-check all accepted data with the validation suite (the `validate` DVC stage)."""
+    from driftloop import pipeline
+
+    try:
+        params, settings = _context()
+        report = pipeline.validate_dataset(params, settings)
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"validation passed: {report['rows']} rows, {report.get('evaluated')} expectations")
+
+
+@app.command()
+def train(
+    trigger: str = typer.Option("manual", help="Why this run happens (recorded in lineage)"),
+    window_days: int = typer.Option(None, help="Train on the most recent N days only"),
+    no_promote: bool = typer.Option(False, "--no-promote", help="Register as challenger only"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train on accepted data, log to MLflow, register as challenger, then run the promotion gate."""
+    from driftloop import pipeline
+
+    try:
+        params, settings = _context()
+        data = pipeline.training_data(params, settings, window_days=window_days)
+        validation = pipeline.validation_for(params, settings, data.data_md5)
+        trained = pipeline.fit(params, data)
+        candidate = pipeline.log_and_register(params, settings, trained, data, trigger, validation)
+        pipeline.write_train_report(settings, candidate, trained, data.data_md5)
+        result = None if no_promote else pipeline.promote(params, settings, candidate, data, trigger)
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    payload = {
+        "version": candidate.version, "run_id": candidate.run_id, "holdout": trained.holdout.metrics,
+        "promoted": bool(result and result.applied),
+        "reason": result.decision.reason if result else "not evaluated (--no-promote)",
+    }
+    verdict = "promoted to champion" if payload["promoted"] else "not promoted"
+    _emit(payload, as_json, f"v{candidate.version} {verdict}: {payload['reason']}")
+
+
+@app.command()
+def promote(
+    version: str = typer.Option(None, help="Version to consider (default: from reports/train.json)"),
+    trigger: str = typer.Option("manual"),
+) -> None:
+    """Run the promotion gate for a registered version (the `promote` DVC stage)."""
+    from driftloop import pipeline, registry
+
+    try:
+        params, settings = _context()
+        if version is None:
+            report = settings.path(pipeline.TRAIN_REPORT)
+            if not report.exists():
+                raise DriftloopError(f"{report}: not found; run `driftloop train` or pass --version")
+            version = str(json.loads(report.read_text())["version"])
+        client = registry.connect(settings)
+        candidate = registry.get_version(client, params.train.model_name, version)
+        data = pipeline.training_data(params, settings)
+        result = pipeline.promote(params, settings, candidate, data, trigger)
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    verdict = "promoted to champion" if result.applied else "not promoted"
+    typer.echo(f"v{version} {verdict}: {result.decision.reason}")
+
+
+@app.command()
+def run(
+    source: str = typer.Option(None, help="'seattle' or a batch file (default: params)"),
+    until: str = typer.Option(None, help="Ingest the source up to this date"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The training pipeline as a Prefect flow: ingest, validate, train, evaluate, register, promote."""
+    try:
+        params, settings = _context()
+        from flows.training import training_flow
+
+        summary = training_flow(source=source, until=until)
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    _emit(summary, as_json, summary.get("message", str(summary)))
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Champion and challenger: versions, metrics, data hashes, last decision."""
+    from driftloop import report
+
+    try:
+        params, settings = _context()
+        payload = report.status(params, settings)
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    _emit(payload, as_json, report.status_text(payload))
+
+
+@app.command()
+def lineage(
+    version: str = typer.Argument(None, help="Model version (default: champion)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Where a model version came from: data hash, git commit, MLflow run, validation, decision."""
+    from driftloop import report
+
+    try:
+        params, settings = _context()
+        payload = report.lineage(params, settings, version)
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    _emit(payload, as_json, json.dumps(payload, indent=2, default=str))
+
+
+@app.command()
+def rollback(
+    reason: str = typer.Option(..., help="Why (recorded on the version and in the audit log)"),
+    to: str = typer.Option(None, "--to", help="Version to restore (default: the previous champion)"),
+) -> None:
+    """Move `champion` back to a previous version."""
+    from driftloop import pipeline
+
+    try:
+        params, settings = _context()
+        before, after = pipeline.rollback(params, settings, reason, to)
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"champion v{before} -> v{after}: {reason}")
+
+
+def main() -> None:
+    """Entry point: one-line errors (set DRIFTLOOP_DEBUG=1 for the traceback)."""
+    try:
+        app(standalone_mode=True)
+    except DriftloopError as exc:  # raised outside a command body (e.g. settings)
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("DRIFTLOOP_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        typer.echo(f"error: {exc.__class__.__name__}: {first}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

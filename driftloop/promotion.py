@@ -1,0 +1,77 @@
+"""The promotion policy: a pure decision that explains itself. No registry access here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from driftloop.config import PromoteParams
+from driftloop.training import Evaluation, better
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to act, and the one-line reason why."""
+
+    promote: bool
+    reason: str
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
+def _segment_drops(
+    candidate: Evaluation, champion: Evaluation, policy: PromoteParams
+) -> list[str]:
+    """Segments where the candidate falls more than max_segment_drop behind the champion."""
+    metric = policy.primary_metric
+    drops = []
+    for segment, champ in sorted(champion.segments.items()):
+        cand = candidate.segments.get(segment)
+        if cand is None:
+            continue
+        a, b = cand.get(metric, math.nan), champ.get(metric, math.nan)
+        if math.isnan(a) or math.isnan(b):
+            continue
+        if better(metric, a, b) < -policy.max_segment_drop:
+            drops.append(f"{segment} {_fmt(b)}->{_fmt(a)}")
+    return drops
+
+
+def decide_promotion(
+    candidate: Evaluation, champion: Evaluation | None, policy: PromoteParams
+) -> Decision:
+    """Promote the candidate only if it clearly beats the champion on the same holdout.
+
+    A first model (no champion) needs to clear the absolute floor. Any missing or NaN primary
+    metric rejects: the gate fails closed.
+    """
+    metric = policy.primary_metric
+    cand = candidate.metrics.get(metric, math.nan)
+    if math.isnan(cand):
+        return Decision(False, f"candidate {metric} is missing or NaN")
+    if champion is None:
+        if better(metric, cand, policy.floor) >= 0:
+            return Decision(True, f"first model: {metric} {_fmt(cand)} clears floor {policy.floor}")
+        return Decision(False, f"first model: {metric} {_fmt(cand)} below floor {policy.floor}")
+    champ = champion.metrics.get(metric, math.nan)
+    if math.isnan(champ):
+        return Decision(False, f"champion {metric} is missing or NaN on this holdout")
+    gain = better(metric, cand, champ)
+    if gain < policy.min_delta:
+        return Decision(
+            False,
+            f"{metric} {_fmt(cand)} vs champion {_fmt(champ)}: gain {gain:+.4f} < "
+            f"min_delta {policy.min_delta}",
+        )
+    drops = _segment_drops(candidate, champion, policy)
+    if drops:
+        return Decision(
+            False,
+            f"{metric} gain {gain:+.4f} but {policy.segment} drops > "
+            f"{policy.max_segment_drop}: {', '.join(drops)}",
+        )
+    return Decision(
+        True, f"{metric} {_fmt(cand)} beats champion {_fmt(champ)} by {gain:+.4f}; no segment drop"
+    )

@@ -1,0 +1,248 @@
+"""MLflow at the edge: tracking runs, the model registry, aliases and the audit log.
+
+Everything that talks to MLflow lives here. Embedded default: a local SQLite file (WAL mode,
+schema created once under a lock) with a local artifact folder; any tracking URI by env var.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sqlite3
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from driftloop.config import Settings
+from driftloop.errors import RegistryError
+from driftloop.versioning import project_lock
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+COMPLETE_TAG = "driftloop.training_complete"
+DATA_TAG = "driftloop.data_md5"
+COMMIT_TAG = "mlflow.source.git.commit"
+PARAMS_TAG = "driftloop.params"
+DECISION_TAG = "driftloop.decision"
+REASON_TAG = "driftloop.reason"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version and what it was built from."""
+
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+
+
+def connect(settings: Settings) -> Any:
+    """Point MLflow at the configured store and return a client (schema ready, WAL on)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = settings.mlflow_uri
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)  # "no pip in venv"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # Concurrent first use breaks MLflow's migrations: create the schema once, under a lock.
+        with project_lock(settings.lock_dir, "mlflow-init"):
+            client = MlflowClient(uri)
+            _call(client.search_experiments, max_results=1)
+            with sqlite3.connect(db) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+        return client
+    client = MlflowClient(uri)
+    _call(client.search_experiments, max_results=1)
+    return client
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call MLflow; turn connection failures into a one-line RegistryError."""
+    try:
+        return fn(*args, **kwargs)
+    except RegistryError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RegistryError(f"MLflow: {exc.__class__.__name__}: {first[:300]}") from exc
+
+
+def ensure_experiment(settings: Settings, name: str) -> str:
+    """The experiment's id, creating it with the project's artifact root."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    artifact_root = None if settings.tracking_uri_is_server else settings.mlflow_artifacts
+    try:
+        exp_id = mlflow.create_experiment(
+            name, artifact_location=f"{artifact_root}/{name}" if artifact_root else None
+        )
+    except Exception:  # created concurrently by another process
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        exp_id = exp.experiment_id
+    return str(exp_id)
+
+
+def trusted_types(model: Any) -> list[str]:
+    """The scikit-learn types skops must trust to load this model (and nothing else)."""
+    import skops.io as sio
+
+    untrusted = sio.get_untrusted_types(data=sio.dumps(model))
+    return [t for t in untrusted if t.startswith(("sklearn.", "numpy."))]
+
+
+def pip_requirements() -> list[str]:
+    """Pinned runtime requirements of a logged model (skips MLflow's slow inference)."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("scikit-learn", "pandas", "numpy", "skops")]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the training run logs besides the model."""
+
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    artifacts: dict[str, Any]
+    files: tuple[Path, ...]
+    dataset: pd.DataFrame
+    dataset_name: str
+    dataset_digest: str
+
+
+def log_training_run(
+    settings: Settings, experiment: str, run_name: str, model: Any, example: pd.DataFrame,
+    record: RunRecord,
+) -> tuple[str, str]:
+    """Log params, metrics, lineage and the model; mark the run complete last.
+
+    Returns (run_id, model_uri).
+    """
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    ensure_experiment(settings, experiment)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params(record.params)
+        mlflow.log_metrics(record.metrics)
+        mlflow.set_tags(record.tags)
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
+            warnings.simplefilter("ignore")
+            dataset = mlflow.data.from_pandas(
+                record.dataset, source=record.dataset_name, name=record.dataset_name,
+                digest=record.dataset_digest,
+            )
+        mlflow.log_input(dataset, context="training")
+        for name, payload in record.artifacts.items():
+            mlflow.log_dict(payload, name)
+        for file in record.files:
+            if file.exists():
+                mlflow.log_artifact(str(file), artifact_path="lineage")
+        proba = model.predict_proba(example)[:, 1]
+        info = mlflow.sklearn.log_model(
+            model, name="model", signature=infer_signature(example, proba),
+            input_example=example.head(3), pip_requirements=pip_requirements(),
+            skops_trusted_types=trusted_types(model),
+        )
+        mlflow.set_tag(COMPLETE_TAG, "true")  # last: nothing without it is promoted
+    return run.info.run_id, str(info.model_uri)
+
+
+def register(client: Any, name: str, run_id: str, model_uri: str, tags: dict[str, str]) -> ModelRef:
+    """Register a completed run's model as a new version with alias `challenger`."""
+    run = _call(client.get_run, run_id)
+    if run.data.tags.get(COMPLETE_TAG) != "true":
+        raise RegistryError(f"run {run_id} has no '{COMPLETE_TAG}' marker; refusing to register")
+    try:
+        client.create_registered_model(name)
+    except Exception:
+        pass  # it exists already (or was created concurrently)
+    mv = _call(client.create_model_version, name, model_uri, run_id=run_id, tags=tags)
+    _call(client.set_registered_model_alias, name, CHALLENGER, mv.version)
+    return get_version(client, name, str(mv.version))
+
+
+def _ref(mv: Any) -> ModelRef:
+    return ModelRef(mv.name, str(mv.version), mv.run_id, dict(mv.tags), tuple(mv.aliases))
+
+
+def get_version(client: Any, name: str, version: str) -> ModelRef:
+    return _ref(_call(client.get_model_version, name, version))
+
+
+def get_alias(client: Any, name: str, alias: str) -> ModelRef | None:
+    """The version behind an alias, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _ref(client.get_model_version_by_alias(name, alias))
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+            return None
+        raise RegistryError(f"MLflow: {str(exc).splitlines()[0]}") from exc
+
+
+def set_alias(client: Any, name: str, alias: str, version: str) -> None:
+    _call(client.set_registered_model_alias, name, alias, version)
+
+
+def tag_version(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        _call(client.set_model_version_tag, name, version, key, value)
+
+
+def load_model(ref: ModelRef) -> Any:
+    """The scikit-learn model of a registered version (with predict_proba)."""
+    import mlflow.sklearn
+
+    return _call(mlflow.sklearn.load_model, ref.uri)
+
+
+def run_metrics(client: Any, run_id: str) -> dict[str, float]:
+    return dict(_call(client.get_run, run_id).data.metrics)
+
+
+def list_versions(client: Any, name: str) -> list[ModelRef]:
+    found = _call(client.search_model_versions, f"name = '{name}'")
+    return sorted((_ref(mv) for mv in found), key=lambda r: int(r.version))
+
+
+def append_audit(settings: Settings, entry: dict[str, Any]) -> None:
+    """Append one JSON line to the audit log (who, what, data hash, metrics, decision)."""
+    settings.audit_log.parent.mkdir(parents=True, exist_ok=True)
+    stamped = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **entry}
+    with settings.audit_log.open("a") as fh:
+        fh.write(json.dumps(stamped, sort_keys=True, default=str) + "\n")
+
+
+def read_audit(settings: Settings) -> list[dict[str, Any]]:
+    if not settings.audit_log.exists():
+        return []
+    return [json.loads(line) for line in settings.audit_log.read_text().splitlines() if line]
