@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Keep a model healthy: ingest, validate, train, promote, monitor, retrain.\n\n"
-    "Examples:\n\n  driftloop run                 # ingest + validate + train + promote (Prefect flow)\n\n"
+    "Examples:\n\n  driftloop run                 # the training pipeline as a Prefect flow\n\n"
     "  driftloop ingest batch.csv    # gate and version a batch file\n\n"
     "  driftloop status --json       # champion, challenger, last decision",
 )
@@ -63,7 +63,9 @@ def ingest(
         params, settings = _context()
         src = file or source or params.data.source
         stop = until if until is not None else (params.data.until if src == "seattle" else None)
-        result = pipeline.ingest(params, settings, pipeline.read_next_batch(params, settings, src, stop))
+        result = pipeline.ingest(
+            params, settings, pipeline.read_next_batch(params, settings, src, stop)
+        )
     except DriftloopError as exc:
         _fail(exc)
         return
@@ -97,7 +99,7 @@ def train(
     no_promote: bool = typer.Option(False, "--no-promote", help="Register as challenger only"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Train on accepted data, log to MLflow, register as challenger, then run the promotion gate."""
+    """Train on accepted data, log to MLflow, register as challenger, run the promotion gate."""
     from driftloop import pipeline
 
     try:
@@ -107,12 +109,16 @@ def train(
         trained = pipeline.fit(params, data)
         candidate = pipeline.log_and_register(params, settings, trained, data, trigger, validation)
         pipeline.write_train_report(settings, candidate, trained, data.data_md5)
-        result = None if no_promote else pipeline.promote(params, settings, candidate, data, trigger)
+        result = (
+            None if no_promote else pipeline.promote(params, settings, candidate, data, trigger)
+        )
     except DriftloopError as exc:
         _fail(exc)
         return
     payload = {
-        "version": candidate.version, "run_id": candidate.run_id, "holdout": trained.holdout.metrics,
+        "version": candidate.version,
+        "run_id": candidate.run_id,
+        "holdout": trained.holdout.metrics,
         "promoted": bool(result and result.applied),
         "reason": result.decision.reason if result else "not evaluated (--no-promote)",
     }
@@ -122,7 +128,9 @@ def train(
 
 @app.command()
 def promote(
-    version: str = typer.Option(None, help="Version to consider (default: from reports/train.json)"),
+    version: str = typer.Option(
+        None, help="Version to consider (default: from reports/train.json)"
+    ),
     trigger: str = typer.Option("manual"),
 ) -> None:
     """Run the promotion gate for a registered version (the `promote` DVC stage)."""
@@ -133,7 +141,9 @@ def promote(
         if version is None:
             report = settings.path(pipeline.TRAIN_REPORT)
             if not report.exists():
-                raise DriftloopError(f"{report}: not found; run `driftloop train` or pass --version")
+                raise DriftloopError(
+                    f"{report}: not found; run `driftloop train` or pass --version"
+                )
             version = str(json.loads(report.read_text())["version"])
         client = registry.connect(settings)
         candidate = registry.get_version(client, params.train.model_name, version)
@@ -152,9 +162,9 @@ def run(
     until: str = typer.Option(None, help="Ingest the source up to this date"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The training pipeline as a Prefect flow: ingest, validate, train, evaluate, register, promote."""
+    """The training pipeline as a Prefect flow: ingest, validate, train, register, promote."""
     try:
-        params, settings = _context()
+        _context()
         from flows.training import training_flow
 
         summary = training_flow(source=source, until=until)
@@ -198,7 +208,9 @@ def lineage(
 @app.command()
 def rollback(
     reason: str = typer.Option(..., help="Why (recorded on the version and in the audit log)"),
-    to: str = typer.Option(None, "--to", help="Version to restore (default: the previous champion)"),
+    to: str = typer.Option(
+        None, "--to", help="Version to restore (default: the previous champion)"
+    ),
 ) -> None:
     """Move `champion` back to a previous version."""
     from driftloop import pipeline
@@ -210,6 +222,32 @@ def rollback(
         _fail(exc)
         return
     typer.echo(f"champion v{before} -> v{after}: {reason}")
+
+
+@app.command()
+def ui(
+    which: str = typer.Argument(..., help="'prefect' or 'mlflow'"),
+    port: int = typer.Option(None, help="Port (default: prefect 4200, mlflow 5000)"),
+) -> None:
+    """Open the Prefect or MLflow UI on the project's embedded stores (runs until Ctrl-C)."""
+    _, settings = _context()
+    if which == "prefect":
+        argv = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port or 4200)]
+    elif which == "mlflow":
+        argv = [
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            settings.mlflow_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port or 5000),
+        ]
+    else:
+        raise typer.BadParameter("choose 'prefect' or 'mlflow'")
+    typer.echo(" ".join(argv), err=True)
+    os.execvp(argv[0], argv)
 
 
 def main() -> None:

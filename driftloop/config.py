@@ -115,27 +115,27 @@ class FeatureDrift(_Strict):
 
 class MonitorParams(_Strict):
     experiment: str = "driftloop-monitor"
-    window_days: int = Field(28, ge=1)       # the newest window of ingested data
-    min_rows: int = Field(14, ge=2)          # fewer rows: cannot evaluate
+    window_days: int = Field(28, ge=1)  # the newest window of ingested data
+    min_rows: int = Field(14, ge=2)  # fewer rows: cannot evaluate
     drift_share: float = Field(0.5, gt=0.0, le=1.0)  # retrain when this share of columns drift
-    method: str = "ks"                       # default Evidently stattest for numeric columns
-    threshold: float | None = None           # default stattest threshold (None: Evidently's)
+    method: str = "ks"  # default Evidently stattest for numeric columns
+    threshold: float | None = None  # default stattest threshold (None: Evidently's)
     per_feature: dict[str, FeatureDrift] = Field(default_factory=dict)
     prediction_drift: bool = True
     max_metric_drop: float = Field(0.10, ge=0.0)  # allowed drop of the primary metric vs holdout
     min_labelled_rows: int = Field(14, ge=1)
-    cooldown_days: int = Field(14, ge=0)     # no drift-triggered retrain this soon after one
+    cooldown_days: int = Field(14, ge=0)  # no drift-triggered retrain this soon after one
 
 
 class RetrainParams(_Strict):
     window_days: int | None = Field(365, ge=30)  # train on the most recent N days (None: all)
-    schedule_every_days: int = Field(28, ge=1)   # the scheduled-only strategy, for comparison
+    schedule_every_days: int = Field(28, ge=1)  # the scheduled-only strategy, for comparison
 
 
 class ReplayParams(_Strict):
-    initial_until: str = "2012-04-30"        # the first model sees only these months
+    initial_until: str = "2012-04-30"  # the first model sees only these months
     end: str = "2015-12-31"
-    step_days: int = Field(7, ge=1)          # a new batch arrives every step
+    step_days: int = Field(7, ge=1)  # a new batch arrives every step
     report_dir: str = "reports/replay"
 
 

@@ -32,16 +32,16 @@ class BatchFile:
             first, last, _ = path.stem.split("_")
             return cls(path, dt.date.fromisoformat(first), dt.date.fromisoformat(last))
         except ValueError:
-            raise IngestError(f"{path}: not a batch file name (<first>_<last>_<sha8>.parquet)")
+            raise IngestError(
+                f"{path}: not a batch file name (<first>_<last>_<sha8>.parquet)"
+            ) from None
 
 
 def batch_files(raw_dir: Path) -> list[BatchFile]:
     """Accepted batches, oldest first."""
     if not raw_dir.exists():
         return []
-    return sorted(
-        (BatchFile.parse(p) for p in raw_dir.glob(f"*{SUFFIX}")), key=lambda b: b.first
-    )
+    return sorted((BatchFile.parse(p) for p in raw_dir.glob(f"*{SUFFIX}")), key=lambda b: b.first)
 
 
 def last_accepted_date(raw_dir: Path) -> dt.date | None:

@@ -113,7 +113,7 @@ def compute_drift(
         raise CannotEvaluate("no columns to monitor")
     tested = list(dict.fromkeys([*columns, *([prediction_column] if prediction_column else [])]))
     _check_inputs(reference, current, tested, monitor.min_rows)
-    snapshot = _run_report(reference[tested], current[tested], tested, monitor)
+    snapshot = _run_report(_only(reference, tested), _only(current, tested), tested, monitor)
     if html_path is not None:
         html_path.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(html_path))
@@ -155,6 +155,11 @@ def _check_inputs(
         if ref_const or cur_const:
             where = "both" if ref_const and cur_const else "reference" if ref_const else "current"
             raise CannotEvaluate(f"column {name!r} is constant in {where}: no distribution to test")
+
+
+def _only(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The tested columns alone (Evidently copies and profiles every column it is given)."""
+    return frame if list(frame.columns) == columns else frame[columns]
 
 
 def _usable_values(series: pd.Series) -> pd.Series:

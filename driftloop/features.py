@@ -46,7 +46,7 @@ def season_of(dates: pd.Series) -> pd.Series:
 
 
 def add_target(frame: pd.DataFrame, target: TargetParams) -> pd.Series:
-    """Binary label: the target column `horizon` rows ahead exceeds the threshold (NaN if unknown)."""
+    """Binary label: target column `horizon` rows ahead exceeds the threshold (NaN: unknown)."""
     future = frame[target.column].shift(-target.horizon)
     label = (future > target.threshold).astype(float)
     return label.where(future.notna())
@@ -64,8 +64,8 @@ def feature_frame(frame: pd.DataFrame, features: FeatureParams, date_column: str
             out[f"{col}_mean{window}"] = values.rolling(window, min_periods=1).mean()
     if features.season:
         day = pd.to_datetime(frame[date_column]).dt.dayofyear.astype(float)
-        out["doy_sin"] = np.sin(2 * np.pi * day / 365.25)
-        out["doy_cos"] = np.cos(2 * np.pi * day / 365.25)
+        out["doy_sin"] = pd.Series(np.sin(2 * np.pi * day / 365.25), index=frame.index)
+        out["doy_cos"] = pd.Series(np.cos(2 * np.pi * day / 365.25), index=frame.index)
     return pd.DataFrame(out, index=frame.index)
 
 

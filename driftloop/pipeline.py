@@ -18,6 +18,7 @@ from driftloop.config import FeatureParams, Params, Settings
 from driftloop.errors import IngestError, RegistryError, TrainingError, ValidationFailed
 from driftloop.features import Dataset, make_dataset, split_by_date
 from driftloop.promotion import Decision, decide_promotion
+from driftloop.registry import ModelRef
 from driftloop.sources import SEATTLE, RawBatch, read_source
 from driftloop.training import Evaluation, TrainedModel, evaluate, fit_candidate
 
@@ -79,7 +80,9 @@ def batch_id_for(raw: RawBatch) -> str:
 # -- ingest -----------------------------------------------------------------------------------
 
 
-def read_next_batch(params: Params, settings: Settings, source: str | None, until: str | None) -> RawBatch:
+def read_next_batch(
+    params: Params, settings: Settings, source: str | None, until: str | None
+) -> RawBatch:
     """The next batch from a source: new rows of the bundled data, or a user's file."""
     raw_dir = settings.path(params.data.raw_dir)
     after = datastore.last_accepted_date(raw_dir)
@@ -106,7 +109,10 @@ def ingest(params: Params, settings: Settings, raw: RawBatch) -> IngestResult:
         if not report.success:
             qdir = settings.path(params.data.quarantine_dir)
             folder = quarantine(
-                report, qdir, batch_id_for(raw), source_path=raw.path,
+                report,
+                qdir,
+                batch_id_for(raw),
+                source_path=raw.path,
                 frame=raw.frame if raw.path is None else None,
             )
             versioning.track(settings.project, qdir)
@@ -211,7 +217,8 @@ def already_trained(params: Params, settings: Settings, data_md5: str) -> str | 
     for alias in (registry.CHAMPION, registry.CHALLENGER):
         ref = registry.get_alias(client, name, alias)
         if (
-            ref is not None and data_md5
+            ref is not None
+            and data_md5
             and ref.tags.get(registry.DATA_TAG) == data_md5
             and ref.tags.get(registry.PARAMS_TAG) == wanted
             and ref.tags.get("driftloop.train_params") == params.train.model_dump_json()
@@ -241,9 +248,13 @@ def _model_params(params: Params) -> dict[str, str]:
 
 
 def log_and_register(
-    params: Params, settings: Settings, trained: TrainedModel, data: TrainingData,
-    trigger: str, validation: dict[str, Any] | None = None,
-) -> Any:
+    params: Params,
+    settings: Settings,
+    trained: TrainedModel,
+    data: TrainingData,
+    trigger: str,
+    validation: dict[str, Any] | None = None,
+) -> ModelRef:
     """Log the run to MLflow (lineage included) and register it as the new `challenger`."""
     from driftloop import registry
 
@@ -254,7 +265,9 @@ def log_and_register(
         registry.COMMIT_TAG: commit,
         "driftloop.trigger": trigger,
         "driftloop.triggered_by": settings.triggered_by,
-        "driftloop.validation": "passed" if validation is None or validation.get("success") else "failed",
+        "driftloop.validation": "passed"
+        if validation is None or validation.get("success")
+        else "failed",
     }
     record = registry.RunRecord(
         params={
@@ -281,7 +294,9 @@ def log_and_register(
         settings, params.train.experiment, f"train-{trigger}", trained.estimator, example, record
     )
     tags = {
-        **lineage, "driftloop.run_id": run_id, registry.PARAMS_TAG: json.dumps(_model_params(params)),
+        **lineage,
+        "driftloop.run_id": run_id,
+        registry.PARAMS_TAG: json.dumps(_model_params(params)),
         "driftloop.train_params": params.train.model_dump_json(),
     }
     return registry.register(client, params.train.model_name, run_id, model_uri, tags)
@@ -339,8 +354,11 @@ def promote(
         if decision.promote:
             now = registry.get_alias(client, name, registry.CHAMPION)
             if (now.version if now else None) != basis:
-                decision = Decision(False, f"champion moved to v{now.version if now else None} "
-                                           f"during the decision (based on v{basis}); not applied")
+                decision = Decision(
+                    False,
+                    f"champion moved to v{now.version if now else None} "
+                    f"during the decision (based on v{basis}); not applied",
+                )
             else:
                 registry.set_alias(client, name, registry.CHAMPION, candidate.version)
                 applied = True
@@ -350,34 +368,61 @@ def promote(
 
 
 def _record_decision(
-    params: Params, settings: Settings, client: Any, candidate: Any,
-    result: PromotionResult, trigger: str, data: TrainingData,
+    params: Params,
+    settings: Settings,
+    client: Any,
+    candidate: Any,
+    result: PromotionResult,
+    trigger: str,
+    data: TrainingData,
 ) -> None:
     """Tags on the version and one line in the audit log."""
     from driftloop import registry
 
     verdict = "promoted" if result.applied else "rejected"
-    registry.tag_version(client, candidate.name, candidate.version, {
-        registry.DECISION_TAG: verdict,
-        registry.REASON_TAG: result.decision.reason,
-        "driftloop.champion_before": str(result.champion_before),
-    })
+    registry.tag_version(
+        client,
+        candidate.name,
+        candidate.version,
+        {
+            registry.DECISION_TAG: verdict,
+            registry.REASON_TAG: result.decision.reason,
+            "driftloop.champion_before": str(result.champion_before),
+        },
+    )
     metric = params.promote.primary_metric
-    registry.append_audit(settings, {
-        "event": "promotion", "model": candidate.name, "version": candidate.version,
-        "decision": verdict, "reason": result.decision.reason, "trigger": trigger,
-        "triggered_by": settings.triggered_by, "data_md5": data.data_md5,
-        "champion_before": result.champion_before, "metric": metric,
-        "candidate_metrics": result.candidate_eval.metrics,
-        "champion_metrics": result.champion_eval.metrics if result.champion_eval else None,
-    })
-    _write_json(settings.path(PROMOTION_REPORT), {
-        "model": candidate.name, "candidate": candidate.version, "decision": verdict,
-        "reason": result.decision.reason, "champion_before": result.champion_before,
-    })
+    registry.append_audit(
+        settings,
+        {
+            "event": "promotion",
+            "model": candidate.name,
+            "version": candidate.version,
+            "decision": verdict,
+            "reason": result.decision.reason,
+            "trigger": trigger,
+            "triggered_by": settings.triggered_by,
+            "data_md5": data.data_md5,
+            "champion_before": result.champion_before,
+            "metric": metric,
+            "candidate_metrics": result.candidate_eval.metrics,
+            "champion_metrics": result.champion_eval.metrics if result.champion_eval else None,
+        },
+    )
+    _write_json(
+        settings.path(PROMOTION_REPORT),
+        {
+            "model": candidate.name,
+            "candidate": candidate.version,
+            "decision": verdict,
+            "reason": result.decision.reason,
+            "champion_before": result.champion_before,
+        },
+    )
 
 
-def rollback(params: Params, settings: Settings, reason: str, to_version: str | None = None) -> tuple[str | None, str]:
+def rollback(
+    params: Params, settings: Settings, reason: str, to_version: str | None = None
+) -> tuple[str | None, str]:
     """Move `champion` back to a previous version (default: the one before it); record why."""
     from driftloop import registry
 
@@ -385,18 +430,27 @@ def rollback(params: Params, settings: Settings, reason: str, to_version: str | 
     name = params.train.model_name
     with versioning.project_lock(settings.lock_dir, f"promote-{name}"):
         current = registry.get_alias(client, name, registry.CHAMPION)
-        target = to_version or previous_champion(settings, name, current.version if current else None)
+        target = to_version or previous_champion(
+            settings, name, current.version if current else None
+        )
         if target is None:
             raise RegistryError(f"{name}: no previous champion to roll back to; pass --to VERSION")
         ref = registry.get_version(client, name, target)
         registry.set_alias(client, name, registry.CHAMPION, ref.version)
         registry.tag_version(client, name, ref.version, {"driftloop.rollback_reason": reason})
-        registry.append_audit(settings, {
-            "event": "rollback", "model": name, "version": ref.version, "decision": "rollback",
-            "reason": reason, "triggered_by": settings.triggered_by,
-            "champion_before": current.version if current else None,
-            "data_md5": ref.tags.get(registry.DATA_TAG),
-        })
+        registry.append_audit(
+            settings,
+            {
+                "event": "rollback",
+                "model": name,
+                "version": ref.version,
+                "decision": "rollback",
+                "reason": reason,
+                "triggered_by": settings.triggered_by,
+                "champion_before": current.version if current else None,
+                "data_md5": ref.tags.get(registry.DATA_TAG),
+            },
+        )
     return (current.version if current else None), ref.version
 
 
@@ -405,7 +459,8 @@ def previous_champion(settings: Settings, name: str, current: str | None) -> str
     from driftloop import registry
 
     history = [
-        e["version"] for e in registry.read_audit(settings)
+        e["version"]
+        for e in registry.read_audit(settings)
         if e.get("model") == name and (e.get("decision") in {"promoted", "rollback"})
     ]
     for version in reversed(history):
@@ -414,17 +469,35 @@ def previous_champion(settings: Settings, name: str, current: str | None) -> str
     return None
 
 
-def write_train_report(settings: Settings, candidate: Any, trained: TrainedModel, data_md5: str) -> None:
+def write_train_report(
+    settings: Settings, candidate: Any, trained: TrainedModel, data_md5: str
+) -> None:
     """The DVC `train` stage's metrics output."""
-    _write_json(settings.path(TRAIN_REPORT), {
-        "model": candidate.name, "version": candidate.version, "run_id": candidate.run_id,
-        "data_md5": data_md5, "holdout": trained.holdout.metrics, "cv": trained.cv,
-        "segments": trained.holdout.segments,
-    })
+    _write_json(
+        settings.path(TRAIN_REPORT),
+        {
+            "model": candidate.name,
+            "version": candidate.version,
+            "run_id": candidate.run_id,
+            "data_md5": data_md5,
+            "holdout": trained.holdout.metrics,
+            "cv": trained.cv,
+            "segments": trained.holdout.segments,
+        },
+    )
 
 
 __all__ = [
-    "SEATTLE", "IngestResult", "PromotionResult", "TrainingData", "fit", "ingest",
-    "log_and_register", "promote", "read_next_batch", "rollback", "training_data",
+    "SEATTLE",
+    "IngestResult",
+    "PromotionResult",
+    "TrainingData",
+    "fit",
+    "ingest",
+    "log_and_register",
+    "promote",
+    "read_next_batch",
+    "rollback",
+    "training_data",
     "validate_dataset",
 ]

@@ -21,9 +21,7 @@ def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.4f}"
 
 
-def _segment_drops(
-    candidate: Evaluation, champion: Evaluation, policy: PromoteParams
-) -> list[str]:
+def _segment_drops(candidate: Evaluation, champion: Evaluation, policy: PromoteParams) -> list[str]:
     """Segments where the candidate falls more than max_segment_drop behind the champion."""
     metric = policy.primary_metric
     drops = []

@@ -6,6 +6,7 @@ schema created once under a lock) with a local artifact folder; any tracking URI
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -136,7 +137,11 @@ class RunRecord:
 
 
 def log_training_run(
-    settings: Settings, experiment: str, run_name: str, model: Any, example: pd.DataFrame,
+    settings: Settings,
+    experiment: str,
+    run_name: str,
+    model: Any,
+    example: pd.DataFrame,
     record: RunRecord,
 ) -> tuple[str, str]:
     """Log params, metrics, lineage and the model; mark the run complete last.
@@ -145,6 +150,7 @@ def log_training_run(
     """
     import mlflow
     import mlflow.sklearn
+    from mlflow.data.pandas_dataset import from_pandas
     from mlflow.models import infer_signature
 
     ensure_experiment(settings, experiment)
@@ -155,8 +161,10 @@ def log_training_run(
         mlflow.set_tags(record.tags)
         with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
             warnings.simplefilter("ignore")
-            dataset = mlflow.data.from_pandas(
-                record.dataset, source=record.dataset_name, name=record.dataset_name,
+            dataset = from_pandas(
+                record.dataset,
+                source=record.dataset_name,
+                name=record.dataset_name,
                 digest=record.dataset_digest,
             )
         mlflow.log_input(dataset, context="training")
@@ -167,8 +175,11 @@ def log_training_run(
                 mlflow.log_artifact(str(file), artifact_path="lineage")
         proba = model.predict_proba(example)[:, 1]
         info = mlflow.sklearn.log_model(
-            model, name="model", signature=infer_signature(example, proba),
-            input_example=example.head(3), pip_requirements=pip_requirements(),
+            model,
+            name="model",
+            signature=infer_signature(example, proba),
+            input_example=example.head(3),
+            pip_requirements=pip_requirements(),
             skops_trusted_types=trusted_types(model),
         )
         mlflow.set_tag(COMPLETE_TAG, "true")  # last: nothing without it is promoted
@@ -180,10 +191,8 @@ def register(client: Any, name: str, run_id: str, model_uri: str, tags: dict[str
     run = _call(client.get_run, run_id)
     if run.data.tags.get(COMPLETE_TAG) != "true":
         raise RegistryError(f"run {run_id} has no '{COMPLETE_TAG}' marker; refusing to register")
-    try:
+    with contextlib.suppress(Exception):  # it exists already (or was created concurrently)
         client.create_registered_model(name)
-    except Exception:
-        pass  # it exists already (or was created concurrently)
     mv = _call(client.create_model_version, name, model_uri, run_id=run_id, tags=tags)
     _call(client.set_registered_model_alias, name, CHALLENGER, mv.version)
     return get_version(client, name, str(mv.version))

@@ -23,8 +23,11 @@ def _describe(client: Any, ref: registry.ModelRef | None, metric: str) -> dict[s
         "decision": ref.tags.get(registry.DECISION_TAG),
         "reason": ref.tags.get(registry.REASON_TAG),
         "primary_metric": metric,
-        "metrics": {k: v for k, v in sorted(metrics.items()) if k.startswith(("holdout_", "cv_"))
-                    and k.count("_") <= 2},
+        "metrics": {
+            k: v
+            for k, v in sorted(metrics.items())
+            if k.startswith(("holdout_", "cv_")) and k.count("_") <= 2
+        },
     }
 
 

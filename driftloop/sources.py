@@ -61,10 +61,8 @@ def read_batch_file(path: Path, data: DataParams) -> RawBatch:
     if path.suffix.lower() not in READABLE_SUFFIXES:
         raise IngestError(f"{path}: unsupported file type (use .csv or .parquet)")
     try:
-        if path.suffix.lower() == ".csv":
-            frame = pd.read_csv(path)
-        else:
-            frame = pd.read_parquet(path)
+        is_csv = path.suffix.lower() == ".csv"
+        frame = pd.read_csv(path) if is_csv else pd.read_parquet(path)
     except Exception as exc:  # pandas raises many types for garbled input
         reason = f"unreadable {path.suffix.lstrip('.')} ({exc.__class__.__name__}: {exc})"
         return RawBatch(pd.DataFrame(), origin=str(path), path=path, read_error=reason)
@@ -86,5 +84,7 @@ def read_source(
 ) -> RawBatch:
     """The next batch of a source: rows after the last accepted date, up to `until`."""
     if source == SEATTLE:
-        return RawBatch(window(load_seattle(), "date", after, until), origin="vega_datasets:seattle")
+        return RawBatch(
+            window(load_seattle(), "date", after, until), origin="vega_datasets:seattle"
+        )
     return read_batch_file(Path(source), data)

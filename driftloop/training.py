@@ -115,7 +115,9 @@ def cross_validate(train: TrainParams, data: Dataset) -> dict[str, float]:
         if y_fit.nunique() < 2:
             continue
         est = make_estimator(train).fit(data.X.iloc[fit_idx], y_fit)
-        folds.append(score(data.y.iloc[val_idx].to_numpy(), predict_proba(est, data.X.iloc[val_idx])))
+        folds.append(
+            score(data.y.iloc[val_idx].to_numpy(), predict_proba(est, data.X.iloc[val_idx]))
+        )
     if not folds:
         return {}
     return {f"cv_{k}": float(np.nanmean([f[k] for f in folds])) for k in folds[0]}

@@ -72,6 +72,7 @@ def is_in_sync(root: Path, path: Path) -> bool:
 
 def git_commit(root: Path) -> str:
     """HEAD of the project's git repository, with '-dirty' if tracked files changed."""
+
     def git(*args: str) -> str:
         out = subprocess.run(
             ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=30

@@ -29,7 +29,8 @@ def training_flow(
         return {
             "message": f"v{version} is already trained on data {batch.data_md5} with these "
             "params; nothing to do (force=True retrains)",
-            "version": version, "promoted": False,
+            "version": version,
+            "promoted": False,
         }
     data = t.load_training_data(params, settings, window_days)
     trained = t.evaluate(params, t.train(params, data), data)
@@ -38,7 +39,10 @@ def training_flow(
     verdict = "promoted to champion" if result.applied else "not promoted"
     return {
         "message": f"v{candidate.version} {verdict}: {result.decision.reason}",
-        "version": candidate.version, "run_id": candidate.run_id, "promoted": result.applied,
-        "reason": result.decision.reason, "data_md5": data.data_md5,
+        "version": candidate.version,
+        "run_id": candidate.run_id,
+        "promoted": result.applied,
+        "reason": result.decision.reason,
+        "data_md5": data.data_md5,
         "holdout": trained.holdout.metrics,
     }

@@ -22,15 +22,9 @@ def retry_if_registry_down(task: Task[..., Any], task_run: TaskRun, state: State
     return False
 
 
-RETRY_REGISTRY: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": [2, 8, 30],
-    "retry_condition_fn": retry_if_registry_down,
-}
-
-
 def table(rows: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """A Prefect table artifact from {row: {column: value}}."""
     return [
-        {"set": name, **{k: round(v, 4) for k, v in values.items()}} for name, values in rows.items()
+        {"set": name, **{k: round(v, 4) for k, v in values.items()}}
+        for name, values in rows.items()
     ]

@@ -10,21 +10,27 @@ from prefect.cache_policies import NONE
 
 from driftloop import pipeline
 from driftloop.config import Params, Settings
+from driftloop.pipeline import IngestResult, PromotionResult, TrainingData
+from driftloop.registry import ModelRef
 from driftloop.training import Evaluation, TrainedModel
-from tasks.common import RETRY_REGISTRY, table
+from tasks.common import retry_if_registry_down, table
 
 
 @task(name="ingest", cache_policy=NONE)
-def ingest(params: Params, settings: Settings, source: str | None, until: str | None) -> Any:
-    """Read the next batch and pass it through the validation gate (no retry: bad data stays bad)."""
+def ingest(
+    params: Params, settings: Settings, source: str | None, until: str | None
+) -> IngestResult:
+    """Read the next batch and gate it (no retry: bad data stays bad)."""
     raw = pipeline.read_next_batch(params, settings, source, until)
     result = pipeline.ingest(params, settings, raw)
     create_markdown_artifact(
         key="ingest",
         markdown=(
-            f"**{result.origin}**: nothing new" if result.nothing_new
+            f"**{result.origin}**: nothing new"
+            if result.nothing_new
             else f"**{result.origin}**: accepted {result.rows} rows {result.first}..{result.last}"
-        ) + f"\n\nDVC md5 of accepted data: `{result.data_md5}`",
+        )
+        + f"\n\nDVC md5 of accepted data: `{result.data_md5}`",
         description="Ingested batch",
     )
     return result
@@ -34,7 +40,9 @@ def ingest(params: Params, settings: Settings, source: str | None, until: str | 
 def validate(params: Params, settings: Settings) -> dict[str, Any]:
     """Great Expectations over all accepted data; fails the flow (no retry) on any failure."""
     report = pipeline.validate_dataset(params, settings)
-    failed = [f"- {o['expectation']}({o['column']})" for o in report["outcomes"] if not o["success"]]
+    failed = [
+        f"- {o['expectation']}({o['column']})" for o in report["outcomes"] if not o["success"]
+    ]
     create_markdown_artifact(
         key="validation",
         markdown=f"### Validation: {'passed' if report['success'] else 'FAILED'}\n\n"
@@ -46,18 +54,20 @@ def validate(params: Params, settings: Settings) -> dict[str, Any]:
 
 
 @task(name="load-training-data", cache_policy=NONE)
-def load_training_data(params: Params, settings: Settings, window_days: int | None) -> Any:
+def load_training_data(params: Params, settings: Settings, window_days: int | None) -> TrainingData:
     return pipeline.training_data(params, settings, window_days=window_days)
 
 
 @task(name="train", cache_policy=NONE)
-def train(params: Params, data: Any) -> tuple[Any, dict[str, float], int]:
+def train(params: Params, data: TrainingData) -> tuple[Any, dict[str, float], int]:
     """Time-series CV and fit."""
     return pipeline.train_candidate(params, data)
 
 
 @task(name="evaluate", cache_policy=NONE)
-def evaluate(params: Params, fitted: tuple[Any, dict[str, float], int], data: Any) -> TrainedModel:
+def evaluate(
+    params: Params, fitted: tuple[Any, dict[str, float], int], data: TrainingData
+) -> TrainedModel:
     """Holdout metrics overall and per segment; a metrics table artifact."""
     estimator, cv, n_train = fitted
     holdout: Evaluation = pipeline.evaluate_candidate(params, estimator, data)
@@ -70,19 +80,37 @@ def evaluate(params: Params, fitted: tuple[Any, dict[str, float], int], data: An
     return TrainedModel(estimator, cv, holdout, n_train, list(estimator.feature_names_in_))
 
 
-@task(name="register", cache_policy=NONE, **RETRY_REGISTRY)
+@task(
+    name="register",
+    cache_policy=NONE,
+    retries=3,
+    retry_delay_seconds=[2, 8, 30],
+    retry_condition_fn=retry_if_registry_down,
+)
 def register(
-    params: Params, settings: Settings, trained: TrainedModel, data: Any, trigger: str,
+    params: Params,
+    settings: Settings,
+    trained: TrainedModel,
+    data: TrainingData,
+    trigger: str,
     validation: dict[str, Any] | None,
-) -> Any:
+) -> ModelRef:
     """Log the run to MLflow and register it as `challenger` (retried if the store is down)."""
     candidate = pipeline.log_and_register(params, settings, trained, data, trigger, validation)
     pipeline.write_train_report(settings, candidate, trained, data.data_md5)
     return candidate
 
 
-@task(name="promote", cache_policy=NONE, **RETRY_REGISTRY)
-def promote(params: Params, settings: Settings, candidate: Any, data: Any, trigger: str) -> Any:
+@task(
+    name="promote",
+    cache_policy=NONE,
+    retries=3,
+    retry_delay_seconds=[2, 8, 30],
+    retry_condition_fn=retry_if_registry_down,
+)
+def promote(
+    params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, trigger: str
+) -> PromotionResult:
     """The promotion gate (compare-and-set); a markdown artifact with the decision."""
     result = pipeline.promote(params, settings, candidate, data, trigger)
     verdict = "PROMOTED to champion" if result.applied else "not promoted"
