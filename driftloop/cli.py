@@ -225,6 +225,86 @@ def rollback(
 
 
 @app.command()
+def monitor(
+    as_of: str = typer.Option(
+        None, help="Monitor the window ending on this date (default: newest)"
+    ),
+    retrain: str = typer.Option(
+        "subflow", help="On a retrain decision: 'subflow' (in process), 'deployment', or 'off'"
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Drift and performance of the champion on the newest window (Prefect flow)."""
+    try:
+        _context()
+        from flows.monitoring import monitor_flow
+
+        if retrain not in ("subflow", "deployment", "off"):
+            raise typer.BadParameter("--retrain must be subflow, deployment or off")
+        summary = monitor_flow(as_of=as_of, retrain=retrain)  # type: ignore[call-overload]
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    _emit(summary, as_json, f"{summary['action']}: {summary['reason']}")
+    if summary["action"] == "cannot_evaluate":
+        raise typer.Exit(7)
+
+
+@app.command()
+def retrain(
+    reason: str = typer.Option("manual", help="Why (recorded as the run's trigger)"),
+    until: str = typer.Option(None, help="Train on data up to this date"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Retrain on the retrain window and run the promotion gate (Prefect flow)."""
+    try:
+        _context()
+        from flows.monitoring import retrain_flow
+
+        summary = retrain_flow(reason=reason, until=until)
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    _emit(summary, as_json, summary["message"])
+
+
+@app.command()
+def replay(
+    steps: int = typer.Option(None, help="Replay only the first N steps (default: all)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Replay 2012-2015 as it arrived: the real loop, then a report comparing strategies."""
+    try:
+        _context()
+        from flows.replay import replay_flow
+
+        summary = replay_flow(steps=steps)
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    lines = [f"report: {', '.join(summary['report'])}"]
+    for name, res in summary["comparison"].items():
+        lines.append(
+            f"  {name:16s} accuracy {res['accuracy']:.4f}  ROC AUC {res['roc_auc']:.4f}  "
+            f"retrains {res['retrains']}"
+        )
+    lines.append(f"  {summary['meta']['steps']} steps in {summary['meta']['wall_seconds']} s")
+    _emit(summary, as_json, "\n".join(lines))
+
+
+@app.command()
+def serve() -> None:
+    """Run the deployments (monitor daily, retrain, training) in this process (Prefect serve)."""
+    try:
+        _context()
+        from deployments.serve import serve_all
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    serve_all()
+
+
+@app.command()
 def ui(
     which: str = typer.Argument(..., help="'prefect' or 'mlflow'"),
     port: int = typer.Option(None, help="Port (default: prefect 4200, mlflow 5000)"),

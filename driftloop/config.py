@@ -104,6 +104,7 @@ class PromoteParams(_Strict):
     max_segment_drop: float = Field(0.05, ge=0.0)
     floor: float = 0.5
     segment: str = "season"
+    min_holdout_rows: int = Field(28, ge=1)  # holdout rows neither model has trained on
 
 
 class FeatureDrift(_Strict):
@@ -124,7 +125,7 @@ class MonitorParams(_Strict):
     prediction_drift: bool = True
     max_metric_drop: float = Field(0.10, ge=0.0)  # allowed drop of the primary metric vs holdout
     min_labelled_rows: int = Field(14, ge=1)
-    cooldown_days: int = Field(14, ge=0)  # no drift-triggered retrain this soon after one
+    cooldown_days: int = Field(28, ge=0)  # no drift-triggered retrain this soon after one
 
 
 class RetrainParams(_Strict):
@@ -136,6 +137,7 @@ class ReplayParams(_Strict):
     initial_until: str = "2012-04-30"  # the first model sees only these months
     end: str = "2015-12-31"
     step_days: int = Field(7, ge=1)  # a new batch arrives every step
+    holdout_days: int = Field(30, ge=7)  # shorter holdout for the short early history
     report_dir: str = "reports/replay"
 
 

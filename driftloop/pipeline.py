@@ -52,6 +52,10 @@ class TrainingData:
     data_md5: str
     since: str | None = None
 
+    def until(self, date_column: str) -> str:
+        """The last date of the training data."""
+        return str(pd.to_datetime(self.frame[date_column]).max().date())
+
 
 @dataclass(frozen=True)
 class PromotionResult:
@@ -90,7 +94,7 @@ def read_next_batch(
     return read_source(source or params.data.source, params.data, after, stop)
 
 
-def ingest(params: Params, settings: Settings, raw: RawBatch) -> IngestResult:
+def ingest(params: Params, settings: Settings, raw: RawBatch, *, push: bool = True) -> IngestResult:
     """Gate a batch with Great Expectations; accept it (immutable file + DVC) or quarantine it.
 
     Raises ValidationFailed (after quarantining) when the gate fails; nothing is deleted.
@@ -118,7 +122,7 @@ def ingest(params: Params, settings: Settings, raw: RawBatch) -> IngestResult:
             versioning.track(settings.project, qdir)
             raise ValidationFailed(f"{raw.origin}: {report.summary()} (kept in {folder})")
         path = datastore.write_batch(raw.frame, raw_dir, params.data.date_column)
-        md5 = versioning.track(settings.project, raw_dir)
+        md5 = versioning.track(settings.project, raw_dir, push=push)
         datastore.write_manifest(raw_dir, settings.path(INGEST_MANIFEST), md5)
         dates = pd.to_datetime(raw.frame[params.data.date_column])
         return IngestResult(
@@ -298,6 +302,8 @@ def log_and_register(
         "driftloop.run_id": run_id,
         registry.PARAMS_TAG: json.dumps(_model_params(params)),
         "driftloop.train_params": params.train.model_dump_json(),
+        "driftloop.train_since": data.since or "all",
+        "driftloop.train_until": data.until(params.data.date_column),
     }
     return registry.register(client, params.train.model_name, run_id, model_uri, tags)
 
@@ -323,12 +329,26 @@ def params_of(params: Params, ref: Any) -> Params:
     )
 
 
-def evaluate_on_holdout(params: Params, ref: Any, frame: pd.DataFrame) -> Evaluation:
-    """Score a registered model on the holdout of `frame`, built with the model's own features."""
+def evaluate_on_holdout(
+    params: Params, ref: Any, frame: pd.DataFrame, after: str | None = None
+) -> Evaluation:
+    """Score a registered model on the holdout of `frame` (dates > after), with its own features."""
     from driftloop import registry
 
     _, holdout = split(params_of(params, ref), frame)
+    if after:
+        holdout = holdout.subset(holdout.dates > pd.Timestamp(after))
+    if len(holdout) == 0:
+        return Evaluation({}, {}, 0)
     return evaluate(registry.load_model(ref), holdout)
+
+
+def comparable_after(champion: Any, candidate: Any) -> str | None:
+    """Compare only on days the champion has not trained on (the candidate never saw them)."""
+
+    if champion is None or champion.version == candidate.version:
+        return None
+    return champion.tags.get("driftloop.train_until") or None
 
 
 def promote(
@@ -341,12 +361,20 @@ def promote(
     name = params.train.model_name
     with versioning.project_lock(settings.lock_dir, f"promote-{name}"):
         champion = registry.get_alias(client, name, registry.CHAMPION)
-        cand_eval = evaluate_on_holdout(params, candidate, data.frame)
+        after = comparable_after(champion, candidate)
+        basis_version = champion.version if champion else None
+        cand_eval = evaluate_on_holdout(params, candidate, data.frame, after)
         champ_eval = None
         if champion is not None and champion.version != candidate.version:
-            champ_eval = evaluate_on_holdout(params, champion, data.frame)
+            champ_eval = evaluate_on_holdout(params, champion, data.frame, after)
         if champion is not None and champion.version == candidate.version:
             decision = Decision(False, f"version {candidate.version} is already champion")
+        elif champ_eval is not None and cand_eval.n_rows < params.promote.min_holdout_rows:
+            decision = Decision(
+                False,
+                f"only {cand_eval.n_rows} holdout rows after v{basis_version}'s training data "
+                f"(< promote.min_holdout_rows {params.promote.min_holdout_rows}); not comparable",
+            )
         else:
             decision = decide_promotion(cand_eval, champ_eval, params.promote)
         basis = champion.version if champion else None

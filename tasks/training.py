@@ -54,8 +54,11 @@ def validate(params: Params, settings: Settings) -> dict[str, Any]:
 
 
 @task(name="load-training-data", cache_policy=NONE)
-def load_training_data(params: Params, settings: Settings, window_days: int | None) -> TrainingData:
-    return pipeline.training_data(params, settings, window_days=window_days)
+def load_training_data(
+    params: Params, settings: Settings, window_days: int | None, until: str | None = None
+) -> TrainingData:
+    """Accepted rows to train on (the retrain window policy applies here)."""
+    return pipeline.training_data(params, settings, window_days=window_days, until=until)
 
 
 @task(name="train", cache_policy=NONE)

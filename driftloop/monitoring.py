@@ -1,0 +1,242 @@
+"""Monitoring: score the newest window with the champion and judge drift and performance.
+
+The reference is the champion's own training data, found through lineage (the training window
+recorded on the model version), never a copy kept by hand. The decision is `drift.decide_retrain`;
+`claim_retrain` makes sure that several monitors firing at once start one retrain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from driftloop import datastore, pipeline, registry, versioning
+from driftloop.config import Params, Settings
+from driftloop.drift import (
+    CannotEvaluate,
+    DriftSummary,
+    PerformanceCheck,
+    RetrainDecision,
+    compute_drift,
+    decide_retrain,
+)
+from driftloop.features import make_dataset
+from driftloop.training import predict_proba, score
+
+MONITORING_DIR = "data/monitoring"
+PREDICTION = "proba"
+RETRAIN_STATE = "retrain.json"
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """One monitoring run: the window, what was measured, and the decision."""
+
+    as_of: str
+    window_start: str
+    champion: str | None
+    decision: RetrainDecision
+    drift: DriftSummary | None = None
+    performance: PerformanceCheck | None = None
+    out_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        perf = self.performance
+        return {
+            "as_of": self.as_of,
+            "window_start": self.window_start,
+            "champion": self.champion,
+            "action": self.decision.action,
+            "reason": self.decision.reason,
+            "drift": self.drift.to_dict() if self.drift else None,
+            "performance": perf.__dict__ if perf else None,
+            "out_dir": str(self.out_dir) if self.out_dir else None,
+            **self.extra,
+        }
+
+
+def _history_days(params: Params) -> int:
+    """Rows before a window that its features look back on."""
+    return max([*params.features.lags, *params.features.rolling_windows, 1])
+
+
+def reference_frame(
+    params: Params, settings: Settings, champion: registry.ModelRef
+) -> pd.DataFrame:
+    """The rows the champion was trained on, from its recorded training window."""
+    since = champion.tags.get("driftloop.train_since", "all")
+    until = champion.tags.get("driftloop.train_until")
+    raw_dir = settings.path(params.data.raw_dir)
+    return datastore.load_accepted(
+        raw_dir,
+        params,
+        since=None if since in ("all", "") else dt.date.fromisoformat(since),
+        until=dt.date.fromisoformat(until) if until else None,
+    )
+
+
+def window_frame(params: Params, settings: Settings, as_of: dt.date | None) -> pd.DataFrame:
+    """The newest `window_days` of accepted data up to as_of, plus the history its features need."""
+    raw_dir = settings.path(params.data.raw_dir)
+    end = as_of or datastore.last_accepted_date(raw_dir)
+    if end is None:
+        raise CannotEvaluate(f"{raw_dir}: no accepted data to monitor")
+    start = end - dt.timedelta(days=params.monitor.window_days + _history_days(params))
+    return datastore.load_accepted(raw_dir, params, since=start, until=end)
+
+
+def score_frame(
+    params: Params, champion: registry.ModelRef, model: Any, frame: pd.DataFrame
+) -> pd.DataFrame:
+    """Champion predictions for every row, with the label where it has arrived."""
+    own = pipeline.params_of(params, champion)
+    data = make_dataset(frame, own, labelled_only=False)
+    proba = predict_proba(model, data.X)
+    out = frame.sort_values(params.data.date_column).reset_index(drop=True).copy()
+    out["proba"] = proba
+    out["prediction"] = (proba >= 0.5).astype(int)
+    out["label"] = data.y.where(data.y >= 0)
+    return out
+
+
+def performance(
+    params: Params, client: Any, champion: registry.ModelRef, scored: pd.DataFrame
+) -> PerformanceCheck:
+    """The primary metric on labelled window rows against the champion's holdout figure."""
+    metric = params.promote.primary_metric
+    reference = registry.run_metrics(client, champion.run_id).get(f"holdout_{metric}", math.nan)
+    labelled = scored[scored["label"].notna()]
+    if labelled.empty:
+        return PerformanceCheck(metric, reference, None, 0)
+    value = score(labelled["label"].to_numpy(dtype=int), labelled["proba"].to_numpy())[metric]
+    return PerformanceCheck(metric, reference, value, len(labelled))
+
+
+def last_retrain(settings: Settings) -> dt.date | None:
+    """The data date of the last claimed retrain (for the cooldown)."""
+    path = settings.state_dir / RETRAIN_STATE
+    if not path.exists():
+        return None
+    return dt.date.fromisoformat(json.loads(path.read_text())["as_of"])
+
+
+def claim_retrain(settings: Settings, as_of: dt.date, reason: str, cooldown_days: int) -> bool:
+    """Atomically claim the next retrain: False if one was claimed within the cooldown."""
+    path = settings.state_dir / RETRAIN_STATE
+    with versioning.project_lock(settings.lock_dir, "retrain"):
+        previous = last_retrain(settings)
+        if previous is not None and (as_of - previous).days < max(cooldown_days, 1):
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"as_of": as_of.isoformat(), "reason": reason}) + "\n")
+    registry.append_audit(
+        settings, {"event": "retrain", "as_of": as_of.isoformat(), "reason": reason}
+    )
+    return True
+
+
+def _not_evaluable(
+    as_of: dt.date, start: dt.date, champion: str | None, reason: str
+) -> MonitorResult:
+    return MonitorResult(
+        as_of.isoformat(), start.isoformat(), champion, RetrainDecision("cannot_evaluate", reason)
+    )
+
+
+def monitor(
+    params: Params, settings: Settings, as_of: dt.date | None = None, *, log: bool = True
+) -> MonitorResult:
+    """Score the newest window with the champion, measure drift and performance, decide."""
+    from driftloop.validation import validate_batch
+
+    client = registry.connect(settings)
+    frame = window_frame(params, settings, as_of)
+    date_col = params.data.date_column
+    end = pd.to_datetime(frame[date_col]).max().date()
+    start = end - dt.timedelta(days=params.monitor.window_days - 1)
+    champion = registry.get_alias(client, params.train.model_name, registry.CHAMPION)
+    if champion is None:
+        return _not_evaluable(end, start, None, "no champion model to monitor")
+    in_window = pd.to_datetime(frame[date_col]).dt.date >= start
+    report = validate_batch(frame[in_window].reset_index(drop=True), params)
+    if not report.success:
+        return _not_evaluable(
+            end, start, champion.version, f"window fails validation: {report.summary()}"
+        )
+    model = registry.load_model(champion)
+    current = score_frame(params, champion, model, frame)
+    current = current[pd.to_datetime(current[date_col]).dt.date >= start].reset_index(drop=True)
+    reference = score_frame(params, champion, model, reference_frame(params, settings, champion))
+    out_dir = settings.path(MONITORING_DIR) / end.isoformat()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    current.to_parquet(out_dir / "predictions.parquet", index=False)
+    perf = performance(params, client, champion, current)
+    drift, reason = None, None
+    try:
+        drift = compute_drift(
+            reference,
+            current,
+            list(params.features.numeric),
+            params.monitor,
+            prediction_column=PREDICTION if params.monitor.prediction_drift else None,
+            html_path=out_dir / "drift.html",
+            json_path=out_dir / "drift.json",
+        )
+    except CannotEvaluate as exc:
+        reason = str(exc)
+    decision = decide_retrain(
+        drift,
+        perf,
+        params.monitor,
+        last_retrain=last_retrain(settings),
+        today=end,
+        cannot_evaluate_reason=reason,
+    )
+    result = MonitorResult(
+        end.isoformat(), start.isoformat(), champion.version, decision, drift, perf, out_dir
+    )
+    (out_dir / "decision.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    if log:
+        log_monitoring(params, settings, result)
+    return result
+
+
+def log_monitoring(params: Params, settings: Settings, result: MonitorResult) -> str:
+    """The monitoring figures as an MLflow run in the monitoring experiment."""
+    import mlflow
+
+    registry.ensure_experiment(settings, params.monitor.experiment)
+    mlflow.set_experiment(params.monitor.experiment)
+    metrics: dict[str, float] = {}
+    if result.drift is not None:
+        metrics["drifted_share"] = result.drift.drifted_share
+        metrics.update({f"drift_{c.column}": c.score for c in result.drift.columns})
+        if result.drift.prediction is not None:
+            metrics["drift_prediction"] = result.drift.prediction.score
+    perf = result.performance
+    if perf is not None and perf.current is not None:
+        metrics[f"current_{perf.metric}"] = perf.current
+        metrics["n_labelled"] = float(perf.n_labelled)
+    with mlflow.start_run(run_name=f"monitor-{result.as_of}") as run:
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.set_tags(
+            {
+                "driftloop.as_of": result.as_of,
+                "driftloop.action": result.decision.action,
+                "driftloop.reason": result.decision.reason[:4000],
+                "driftloop.champion": str(result.champion),
+            }
+        )
+        if result.out_dir is not None:
+            for name in ("drift.html", "drift.json", "decision.json"):
+                if (result.out_dir / name).exists():
+                    mlflow.log_artifact(str(result.out_dir / name))
+    return str(run.info.run_id)

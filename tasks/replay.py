@@ -1,0 +1,89 @@
+"""Tasks of the replay: one step's ingest, the strategy comparison and the report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from driftloop import pipeline, registry, replay, versioning
+from driftloop.config import Params, Settings
+
+T = TypeVar("T")
+
+
+def progress(items: list[T], label: str) -> Iterator[T]:
+    """A progress bar on the terminal (rich, shipped with Prefect)."""
+    from rich.progress import track
+
+    return iter(track(items, description=label, transient=False))
+
+
+def champion_version(params: Params, ws: Settings) -> str | None:
+    client = registry.connect(ws)
+    ref = registry.get_alias(client, params.train.model_name, registry.CHAMPION)
+    return ref.version if ref else None
+
+
+@task(name="ingest-step", cache_policy=NONE)
+def ingest_step(params: Params, ws: Settings, until: str) -> pipeline.IngestResult:
+    """The batch that arrived by `until`, through the same gate (pushed once at the end)."""
+    raw = pipeline.read_next_batch(params, ws, "seattle", until)
+    return pipeline.ingest(params, ws, raw, push=False)
+
+
+def to_step(outcome: dict[str, Any], batch_start: Any, champion: str | None) -> replay.Step:
+    """One timeline entry from a monitoring flow's summary."""
+    retrain = outcome.get("retrain")
+    drift = outcome.get("drift") or {}
+    return replay.Step(
+        as_of=outcome["as_of"],
+        batch_start=batch_start.isoformat(),
+        champion=champion,
+        action=outcome["action"],
+        reason=outcome["reason"],
+        drifted_share=drift.get("drifted_share"),
+        retrained=isinstance(retrain, dict),
+        promoted=bool(isinstance(retrain, dict) and retrain.get("promoted")),
+    )
+
+
+@task(name="push-data", cache_policy=NONE)
+def push(ws: Settings, params: Params) -> str:
+    """Version the accepted data (one DVC push for the whole replay)."""
+    return versioning.track(ws.project, ws.path(params.data.raw_dir))
+
+
+@task(name="compare-strategies", cache_policy=NONE)
+def compare(params: Params, ws: Settings, steps: list[replay.Step]) -> dict[str, Any]:
+    """Static vs scheduled vs drift-triggered on the same days."""
+    client = registry.connect(ws)
+    versions = {str(s.champion) for s in steps}
+    models = {
+        v: registry.load_model(registry.get_version(client, params.train.model_name, v))
+        for v in versions
+    }
+    return replay.compare(params, ws, steps, models)
+
+
+@task(name="report", cache_policy=NONE)
+def report(
+    out_dir: Path, steps: list[replay.Step], comparison: dict[str, Any], meta: dict[str, Any]
+) -> tuple[Path, Path]:
+    json_path, html_path = replay.write_report(out_dir, steps, comparison, meta)
+    rows = "\n".join(
+        f"| {name} | {r['accuracy']:.4f} | {r['roc_auc']:.4f} | {r['retrains']} |"
+        for name, r in comparison.items()
+    )
+    create_markdown_artifact(
+        key="replay",
+        markdown="| strategy | accuracy | ROC AUC | retrains |\n|---|---|---|---|\n"
+        + rows
+        + f"\n\nReport: [{html_path.name}]({html_path.as_uri()})",
+        description="Replay comparison",
+    )
+    return json_path, html_path

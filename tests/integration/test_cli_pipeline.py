@@ -1,0 +1,170 @@
+"""The training pipeline through the CLI in a temp clone: ingest, train, status, lineage, rollback.
+
+The module's fixtures perform the steps in order and keep what each command printed; the tests
+check one aspect each. Real DVC (local remote), Great Expectations, MLflow (SQLite) and sklearn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.helpers import CliResult, Project, cli
+
+pytestmark = pytest.mark.slow
+
+FIRST_UNTIL, SECOND_UNTIL = "2014-06-30", "2015-06-30"
+
+
+@dataclass(frozen=True)
+class Round:
+    ingest: CliResult
+    train: dict[str, Any]
+    md5: str
+    raw_files: list[str]
+
+
+@pytest.fixture(scope="module")
+def first(module_project: Project) -> Round:
+    ingested = cli("ingest", "--until", FIRST_UNTIL)
+    assert ingested.exit_code == 0, ingested.stderr
+    trained = cli("train", "--json").json()
+    return Round(ingested, trained, module_project.raw_dvc_md5(), sorted(module_project.raw_snapshot()))
+
+
+@pytest.fixture(scope="module")
+def status(first: Round) -> dict[str, Any]:
+    return cli("status", "--json").json()
+
+
+@pytest.fixture(scope="module")
+def lineage(first: Round) -> dict[str, Any]:
+    return cli("lineage", "--json").json()
+
+
+@pytest.fixture(scope="module")
+def second(
+    module_project: Project, first: Round, status: dict[str, Any], lineage: dict[str, Any]
+) -> Round:
+    """More data and a second training run (after the first round's status and lineage)."""
+    ingested = cli("ingest", "--until", SECOND_UNTIL)
+    assert ingested.exit_code == 0, ingested.stderr
+    trained = cli("train", "--json").json()
+    return Round(
+        ingested, trained, module_project.raw_dvc_md5(), sorted(module_project.raw_snapshot())
+    )
+
+
+def test_ingest_writes_one_immutable_batch_tracked_and_pushed_by_dvc(
+    module_project: Project, first: Round
+) -> None:
+    assert len(first.raw_files) == 1
+    batch = module_project.raw_dir / first.raw_files[0]
+    assert batch.suffix == ".parquet"
+    assert batch.name.startswith("2012-01-01_2014-06-30_")
+    assert first.md5.endswith(".dir") and len(first.md5) == len("0" * 32 + ".dir")
+    assert first.md5 in first.ingest.stdout
+    # dvc push happened: the directory manifest and the file's object are in the local remote
+    pushed = {p.relative_to(module_project.remote / "files" / "md5").as_posix().replace("/", "")
+              for p in (module_project.remote / "files" / "md5").rglob("*") if p.is_file()}
+    assert first.md5 in pushed
+    assert len(pushed) == 2
+
+
+def test_first_training_run_becomes_champion_v1(module_project: Project, first: Round) -> None:
+    assert first.train["version"] == "1"
+    assert first.train["promoted"] is True
+    assert first.train["reason"].startswith("first model: roc_auc")
+    assert module_project.champion() == "1"
+
+
+def test_status_shows_champion_with_data_md5_and_metrics(first: Round, status: dict[str, Any]) -> None:
+    champion = status["champion"]
+    assert champion["version"] == "1"
+    assert champion["data_md5"] == first.md5
+    assert champion["run_id"] == first.train["run_id"]
+    assert champion["metrics"]["holdout_roc_auc"] == pytest.approx(first.train["holdout"]["roc_auc"])
+    assert {"cv_roc_auc", "holdout_accuracy", "holdout_log_loss"} <= set(champion["metrics"])
+    assert status["last_decision"]["decision"] == "promoted"
+    assert status["last_decision"]["version"] == "1"
+
+
+def test_lineage_traces_data_code_run_validation_and_decision(
+    module_project: Project, first: Round, lineage: dict[str, Any]
+) -> None:
+    assert lineage["version"] == "1"
+    assert lineage["data_md5"] == first.md5
+    assert lineage["git_commit"] == module_project.git("rev-parse", "HEAD")
+    assert lineage["mlflow_run_id"] == first.train["run_id"]
+    assert lineage["training_complete"] is True
+    assert lineage["validation"]["status"] == "passed"
+    assert lineage["validation"]["success"] is True
+    assert lineage["validation"]["failed"] == 0
+    assert lineage["decision"]["verdict"] == "promoted"
+    assert lineage["decision"]["reason"] == first.train["reason"]
+    assert [d["digest"] for d in lineage["datasets"]] == [first.md5]
+
+
+def test_mlflow_run_has_the_dvc_dataset_and_the_completion_tag(
+    module_project: Project, first: Round
+) -> None:
+    run = module_project.mlflow_client().get_run(first.train["run_id"])
+    digests = [(d.dataset.digest, d.dataset.name) for d in run.inputs.dataset_inputs]
+    assert digests == [(first.md5, "data/raw")]
+    assert run.data.tags["driftloop.training_complete"] == "true"
+    assert run.data.tags["driftloop.data_md5"] == first.md5
+    assert run.data.metrics["holdout_roc_auc"] == pytest.approx(first.train["holdout"]["roc_auc"])
+
+
+def test_second_ingest_adds_a_batch_and_a_new_data_version(
+    module_project: Project, first: Round, second: Round
+) -> None:
+    assert len(second.raw_files) == 2
+    assert first.raw_files[0] in second.raw_files  # accepted batches are never rewritten
+    assert any(name.startswith("2014-07-01_2015-06-30_") for name in second.raw_files)
+    assert second.md5 != first.md5
+    assert second.md5 in second.ingest.stdout
+
+
+def test_second_training_records_a_decision_either_way(
+    module_project: Project, second: Round
+) -> None:
+    version = second.train["version"]
+    verdict = "promoted" if second.train["promoted"] else "rejected"
+    assert version == "2"
+    tags = module_project.mlflow_client().get_model_version(module_project.model_name, "2").tags
+    assert tags["driftloop.decision"] == verdict
+    assert tags["driftloop.reason"] == second.train["reason"]
+    assert tags["driftloop.champion_before"] == "1"
+    assert tags["driftloop.data_md5"] == second.md5
+    assert module_project.champion() == ("2" if second.train["promoted"] else "1")
+
+    entries = [e for e in module_project.audit() if e["event"] == "promotion"]
+    assert [(e["version"], e["decision"]) for e in entries] == [("1", "promoted"), ("2", verdict)]
+    last = entries[-1]
+    assert last["reason"] == second.train["reason"]
+    assert last["champion_before"] == "1"
+    assert last["data_md5"] == second.md5
+    assert last["candidate_metrics"]["roc_auc"] == pytest.approx(second.train["holdout"]["roc_auc"])
+    assert last["champion_metrics"] is not None  # v1 was re-scored on v2's holdout
+
+
+def test_rollback_moves_champion_and_records_the_reason(
+    module_project: Project, second: Round
+) -> None:
+    before = module_project.champion()
+    reason = "v2 over-predicts rain in production"
+
+    result = cli("rollback", "--reason", reason, "--to", "1")
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == f"champion v{before} -> v1: {reason}"
+    assert module_project.champion() == "1"
+    tags = module_project.mlflow_client().get_model_version(module_project.model_name, "1").tags
+    assert tags["driftloop.rollback_reason"] == reason
+    last = module_project.audit()[-1]
+    assert (last["event"], last["version"], last["reason"]) == ("rollback", "1", reason)
+    assert last["champion_before"] == before
+    assert cli("lineage", "1", "--json").json()["decision"]["rollback_reason"] == reason

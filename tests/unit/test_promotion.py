@@ -1,0 +1,109 @@
+"""The promotion policy as a table: candidate, champion, policy -> promote?, reason."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from driftloop.config import PromoteParams
+from driftloop.promotion import Decision, decide_promotion
+from driftloop.training import Evaluation
+
+NAN = math.nan
+
+
+def ev(value: float, metric: str = "roc_auc", **segments: float) -> Evaluation:
+    """An evaluation with one overall metric value and per-season values of the same metric."""
+    return Evaluation({metric: value}, {s: {metric: v} for s, v in segments.items()}, 100)
+
+
+AUC = PromoteParams(primary_metric="roc_auc", min_delta=0.01, max_segment_drop=0.05, floor=0.6)
+# Binary fractions, so "exactly min_delta" is exact in floating point.
+EXACT = PromoteParams(primary_metric="roc_auc", min_delta=0.125, max_segment_drop=0.05, floor=0.5)
+LOGLOSS = PromoteParams(primary_metric="log_loss", min_delta=0.01, max_segment_drop=0.05, floor=0.65)
+
+CASES = [
+    # first model: only the absolute floor applies
+    ("first above floor", ev(0.70), None, AUC, True, "clears floor"),
+    ("first exactly at floor", ev(0.60), None, AUC, True, "clears floor"),
+    ("first below floor", ev(0.59), None, AUC, False, "below floor"),
+    ("first NaN", ev(NAN), None, AUC, False, "missing or NaN"),
+    ("first metric missing", Evaluation({"f1": 0.9}), None, AUC, False, "missing or NaN"),
+    # challenger against champion: gain vs min_delta
+    ("gain above min_delta", ev(0.75), ev(0.70), AUC, True, "beats champion"),
+    ("gain exactly min_delta", ev(0.875), ev(0.75), EXACT, True, "by +0.1250"),
+    ("gain just below min_delta", ev(0.875), ev(0.7500001), EXACT, False, "< min_delta"),
+    ("gain below min_delta", ev(0.705), ev(0.70), AUC, False, "< min_delta"),
+    ("equal", ev(0.70), ev(0.70), AUC, False, "< min_delta"),
+    ("worse", ev(0.65), ev(0.70), AUC, False, "gain -0.0500"),
+    # segments: no season may fall more than max_segment_drop behind
+    (
+        "segment drop beyond limit",
+        ev(0.80, winter=0.60, summer=0.90),
+        ev(0.70, winter=0.70, summer=0.70),
+        AUC,
+        False,
+        "winter 0.7000->0.6000",
+    ),
+    (
+        "segment drop within limit",
+        ev(0.80, winter=0.66, summer=0.90),
+        ev(0.70, winter=0.70, summer=0.70),
+        AUC,
+        True,
+        "no segment drop",
+    ),
+    (
+        "segment NaN is not a drop",
+        ev(0.80, winter=NAN, summer=0.90),
+        ev(0.70, winter=0.70, summer=0.70),
+        AUC,
+        True,
+        "no segment drop",
+    ),
+    # fail closed on NaN
+    ("candidate NaN vs champion", ev(NAN), ev(0.70), AUC, False, "candidate roc_auc is missing"),
+    ("champion NaN", ev(0.90), ev(NAN), AUC, False, "champion roc_auc is missing or NaN"),
+    # lower is better
+    ("log_loss first below floor value", ev(0.60, "log_loss"), None, LOGLOSS, True, "clears"),
+    ("log_loss first above floor value", ev(0.70, "log_loss"), None, LOGLOSS, False, "below floor"),
+    ("log_loss lower wins", ev(0.55, "log_loss"), ev(0.60, "log_loss"), LOGLOSS, True, "+0.0500"),
+    ("log_loss higher loses", ev(0.62, "log_loss"), ev(0.60, "log_loss"), LOGLOSS, False, "-0.0200"),
+    ("log_loss tiny gain", ev(0.595, "log_loss"), ev(0.60, "log_loss"), LOGLOSS, False, "min_delta"),
+    (
+        "log_loss segment rises beyond limit",
+        ev(0.50, "log_loss", winter=0.70),
+        ev(0.60, "log_loss", winter=0.60),
+        LOGLOSS,
+        False,
+        "winter 0.6000->0.7000",
+    ),
+    ("log_loss NaN", ev(NAN, "log_loss"), ev(0.60, "log_loss"), LOGLOSS, False, "missing or NaN"),
+]
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "policy", "promote", "reason"),
+    [pytest.param(*case[1:], id=case[0]) for case in CASES],
+)
+def test_decide_promotion(
+    candidate: Evaluation,
+    champion: Evaluation | None,
+    policy: PromoteParams,
+    promote: bool,
+    reason: str,
+) -> None:
+    decision = decide_promotion(candidate, champion, policy)
+    assert isinstance(decision, Decision)
+    assert decision.promote is promote
+    assert reason in decision.reason
+    assert "\n" not in decision.reason
+
+
+def test_decision_is_pure() -> None:
+    candidate, champion = ev(0.8, winter=0.7), ev(0.7, winter=0.7)
+    before = (candidate.to_dict(), champion.to_dict())
+    first = decide_promotion(candidate, champion, AUC)
+    assert decide_promotion(candidate, champion, AUC) == first
+    assert (candidate.to_dict(), champion.to_dict()) == before
