@@ -7,6 +7,7 @@ names the key.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -125,6 +126,7 @@ class MonitorParams(_Strict):
     prediction_drift: bool = True
     max_metric_drop: float = Field(0.10, ge=0.0)  # allowed drop of the primary metric vs holdout
     min_labelled_rows: int = Field(14, ge=1)
+    html_report: Literal["always", "on_action"] = "always"  # Evidently HTML (~4 MB each)
     cooldown_days: int = Field(28, ge=0)  # no drift-triggered retrain this soon after one
 
 
@@ -271,3 +273,5 @@ def apply_env_defaults(settings: Settings | None = None) -> None:
     os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    for noisy in ("great_expectations", "dvc", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

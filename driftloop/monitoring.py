@@ -179,19 +179,23 @@ def monitor(
     out_dir.mkdir(parents=True, exist_ok=True)
     current.to_parquet(out_dir / "predictions.parquet", index=False)
     perf = performance(params, client, champion, current)
-    drift, reason = None, None
-    try:
-        drift = compute_drift(
-            reference,
-            current,
-            list(params.features.numeric),
-            params.monitor,
-            prediction_column=PREDICTION if params.monitor.prediction_drift else None,
-            html_path=out_dir / "drift.html",
-            json_path=out_dir / "drift.json",
-        )
-    except CannotEvaluate as exc:
-        reason = str(exc)
+
+    def drift_report(html: bool) -> tuple[DriftSummary | None, str | None]:
+        try:
+            summary = compute_drift(
+                reference,
+                current,
+                list(params.features.numeric),
+                params.monitor,
+                prediction_column=PREDICTION if params.monitor.prediction_drift else None,
+                html_path=out_dir / "drift.html" if html else None,
+                json_path=out_dir / "drift.json",
+            )
+        except CannotEvaluate as exc:
+            return None, str(exc)
+        return summary, None
+
+    drift, reason = drift_report(params.monitor.html_report == "always")
     decision = decide_retrain(
         drift,
         perf,
@@ -200,6 +204,8 @@ def monitor(
         today=end,
         cannot_evaluate_reason=reason,
     )
+    if params.monitor.html_report == "on_action" and decision.action != "no_action":
+        drift_report(html=True)  # the HTML only where a person will look: retrain or alert
     result = MonitorResult(
         end.isoformat(), start.isoformat(), champion.version, decision, drift, perf, out_dir
     )
@@ -235,8 +241,17 @@ def log_monitoring(params: Params, settings: Settings, result: MonitorResult) ->
                 "driftloop.champion": str(result.champion),
             }
         )
-        if result.out_dir is not None:
-            for name in ("drift.html", "drift.json", "decision.json"):
+        if result.out_dir is not None:  # the HTML (4 MB) stays in data/monitoring, under DVC
+            for name in ("drift.json", "decision.json"):
                 if (result.out_dir / name).exists():
                     mlflow.log_artifact(str(result.out_dir / name))
     return str(run.info.run_id)
+
+
+def version_outputs(settings: Settings) -> str:
+    """Version data/monitoring (predictions, Evidently reports, decisions) with DVC."""
+    folder = settings.path(MONITORING_DIR)
+    if not folder.exists():
+        return ""
+    with versioning.project_lock(settings.lock_dir, "data"):
+        return versioning.track(settings.project, folder)

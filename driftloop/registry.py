@@ -52,6 +52,10 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
 
+_READY: set[str] = set()  # stores whose schema this process has already checked
+_MODELS: dict[str, Any] = {}  # registered versions are immutable: load each once per process
+
+
 def connect(settings: Settings) -> Any:
     """Point MLflow at the configured store and return a client (schema ready, WAL on)."""
     import mlflow
@@ -61,6 +65,8 @@ def connect(settings: Settings) -> Any:
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)  # "no pip in venv"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if uri in _READY:
+        return MlflowClient(uri)
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -70,9 +76,10 @@ def connect(settings: Settings) -> Any:
             _call(client.search_experiments, max_results=1)
             with sqlite3.connect(db) as conn:
                 conn.execute("PRAGMA journal_mode=WAL")
-        return client
-    client = MlflowClient(uri)
-    _call(client.search_experiments, max_results=1)
+    else:
+        client = MlflowClient(uri)
+        _call(client.search_experiments, max_results=1)
+    _READY.add(uri)
     return client
 
 
@@ -229,9 +236,13 @@ def tag_version(client: Any, name: str, version: str, tags: dict[str, str]) -> N
 
 def load_model(ref: ModelRef) -> Any:
     """The scikit-learn model of a registered version (with predict_proba)."""
+    import mlflow
     import mlflow.sklearn
 
-    return _call(mlflow.sklearn.load_model, ref.uri)
+    key = f"{mlflow.get_tracking_uri()}|{ref.uri}"
+    if key not in _MODELS:
+        _MODELS[key] = _call(mlflow.sklearn.load_model, ref.uri)
+    return _MODELS[key]
 
 
 def run_metrics(client: Any, run_id: str) -> dict[str, float]:

@@ -62,6 +62,7 @@ def workspace_params(params: Params) -> dict[str, Any]:
     raw["monitor"]["experiment"] = f"{params.monitor.experiment}-replay"
     raw["data"]["until"] = params.replay.initial_until
     raw["train"]["holdout_days"] = params.replay.holdout_days
+    raw["monitor"]["html_report"] = "on_action"  # ~190 steps: HTML where the loop acted
     return raw
 
 

@@ -29,10 +29,13 @@ def monitor_flow(
     as_of: str | None = None,
     retrain: Literal["deployment", "subflow", "off"] = "deployment",
     wait: bool = False,
+    version: bool = True,
 ) -> dict[str, Any]:
     """Drift and performance of the champion on the newest window; retrain when decided."""
     params, settings = context()
     result = m.monitor(params, settings, as_of)
+    if version:
+        m.version_outputs(settings)
     summary = result.to_dict()
     if result.decision.action == "cannot_evaluate":
         m.alert(result)

@@ -38,7 +38,7 @@ def replay_flow(steps: int | None = None, name: str | None = None) -> dict[str, 
             batch_start = previous + dt.timedelta(days=1)
             champion = r.champion_version(wparams, ws)
             r.ingest_step(wparams, ws, as_of.isoformat())
-            outcome = monitor_flow(as_of=as_of.isoformat(), retrain="subflow")
+            outcome = monitor_flow(as_of=as_of.isoformat(), retrain="subflow", version=False)
             timeline.append(r.to_step(outcome, batch_start, champion))
             previous = as_of
         r.push(ws, wparams)

@@ -54,6 +54,12 @@ def monitor(params: Params, settings: Settings, as_of: str | None) -> MonitorRes
     return result
 
 
+@task(name="version-outputs", cache_policy=NONE)
+def version_outputs(settings: Settings) -> str:
+    """DVC-version the predictions and reports of monitoring."""
+    return monitoring.version_outputs(settings)
+
+
 @task(name="claim-retrain", cache_policy=NONE)
 def claim_retrain(params: Params, settings: Settings, result: MonitorResult) -> bool:
     """One retrain per cooldown, however many monitors fire at once."""

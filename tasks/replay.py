@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from driftloop import pipeline, registry, replay, versioning
+from driftloop import monitoring, pipeline, registry, replay, versioning
 from driftloop.config import Params, Settings
 
 T = TypeVar("T")
@@ -54,7 +54,8 @@ def to_step(outcome: dict[str, Any], batch_start: Any, champion: str | None) -> 
 
 @task(name="push-data", cache_policy=NONE)
 def push(ws: Settings, params: Params) -> str:
-    """Version the accepted data (one DVC push for the whole replay)."""
+    """Version accepted data and monitoring outputs (one DVC push for the whole replay)."""
+    monitoring.version_outputs(ws)
     return versioning.track(ws.project, ws.path(params.data.raw_dir))
 
 

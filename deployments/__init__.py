@@ -1,0 +1,1 @@
+"""Prefect deployment definitions (prefect.yaml) and the one-process serve mode."""

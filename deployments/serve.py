@@ -1,0 +1,115 @@
+"""`driftloop serve`: every deployment of prefect.yaml served from this one process.
+
+Schedules, parameters and limits come from deployments/prefect.yaml, so `prefect deploy` and the
+serve mode never disagree. Without PREFECT_API_URL a local `prefect server start` is launched
+first (and stopped on exit), so the UI shows the schedules and runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PREFECT_FILE = Path(__file__).with_name("prefect.yaml")
+DEFAULT_PORT = 4200
+
+
+def deployment_specs(path: Path = PREFECT_FILE) -> list[dict[str, Any]]:
+    """The deployments declared in prefect.yaml."""
+    return list(yaml.safe_load(path.read_text())["deployments"])
+
+
+def _load_flow(entrypoint: str) -> Any:
+    module_path, func = entrypoint.split(":")
+    module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+    return getattr(module, func)
+
+
+def to_runner_deployment(spec: dict[str, Any]) -> Any:
+    """A served deployment from one prefect.yaml entry (same name, schedule, limit)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.schedules import Cron
+
+    schedules = [
+        Cron(s["cron"], timezone=s.get("timezone", "UTC")) for s in spec.get("schedules", [])
+    ]
+    limit = spec.get("concurrency_limit")
+    return _load_flow(spec["entrypoint"]).to_deployment(
+        name=spec["name"],
+        description=spec.get("description"),
+        parameters=spec.get("parameters") or {},
+        schedules=schedules or None,
+        concurrency_limit=ConcurrencyLimitConfig(**limit) if limit else None,
+    )
+
+
+def wait_healthy(api_url: str, timeout: float = 120) -> None:
+    """Block until the Prefect API answers /health."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp,
+        ):
+            if resp.status == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"Prefect server at {api_url} did not become healthy in {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def local_server(port: int = DEFAULT_PORT) -> Iterator[str]:
+    """A `prefect server start` child process for as long as the context lasts."""
+    api_url = f"http://127.0.0.1:{port}/api"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_healthy(api_url)
+        yield api_url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+
+
+def serve_all() -> None:
+    """Serve every deployment (limit: two flow runs at once on a 2-core machine)."""
+    from prefect import serve
+
+    if os.environ.get("PREFECT_API_URL"):
+        serve(*[to_runner_deployment(s) for s in deployment_specs()], limit=2)
+        return
+    with local_server() as api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        print(f"Prefect UI: {api_url.removesuffix('/api')}", flush=True)
+        _serve_in_child(api_url)
+
+
+def _serve_in_child(api_url: str) -> None:
+    """Prefect reads its settings at import: serve from a process that starts with the URL set."""
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    code = "from deployments.serve import serve_all; serve_all()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=False)
