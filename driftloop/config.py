@@ -105,7 +105,7 @@ class PromoteParams(_Strict):
     max_segment_drop: float = Field(0.05, ge=0.0)
     floor: float = 0.5
     segment: str = "season"
-    min_holdout_rows: int = Field(28, ge=1)  # holdout rows neither model has trained on
+    min_holdout_rows: int = Field(21, ge=1)  # holdout rows neither model has trained on
 
 
 class FeatureDrift(_Strict):

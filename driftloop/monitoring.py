@@ -128,6 +128,13 @@ def last_retrain(settings: Settings) -> dt.date | None:
     return dt.date.fromisoformat(json.loads(path.read_text())["as_of"])
 
 
+def _last_trained(settings: Settings, champion: registry.ModelRef) -> dt.date | None:
+    """The later of the last claimed retrain and the champion's own training end."""
+    until = champion.tags.get("driftloop.train_until")
+    dates = [d for d in (last_retrain(settings), until and dt.date.fromisoformat(until)) if d]
+    return max(dates) if dates else None
+
+
 def claim_retrain(settings: Settings, as_of: dt.date, reason: str, cooldown_days: int) -> bool:
     """Atomically claim the next retrain: False if one was claimed within the cooldown."""
     path = settings.state_dir / RETRAIN_STATE
@@ -200,7 +207,7 @@ def monitor(
         drift,
         perf,
         params.monitor,
-        last_retrain=last_retrain(settings),
+        last_retrain=_last_trained(settings, champion),
         today=end,
         cannot_evaluate_reason=reason,
     )

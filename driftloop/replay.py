@@ -54,10 +54,10 @@ def step_dates(params: Params) -> list[dt.date]:
     return dates
 
 
-def workspace_params(params: Params) -> dict[str, Any]:
-    """The replay's params: the project's, with its own model and experiment names."""
+def workspace_params(params: Params, stamp: str) -> dict[str, Any]:
+    """The replay's params: the project's, with its own registered model and experiments."""
     raw = params.model_dump(mode="json")
-    raw["train"]["model_name"] = f"{params.train.model_name}_replay"
+    raw["train"]["model_name"] = f"{params.train.model_name}_replay_{stamp}"
     raw["train"]["experiment"] = f"{params.train.experiment}-replay"
     raw["monitor"]["experiment"] = f"{params.monitor.experiment}-replay"
     raw["data"]["until"] = params.replay.initial_until
@@ -74,7 +74,9 @@ def prepare_workspace(params: Params, settings: Settings, name: str | None = Non
     root = settings.state_dir / "replay" / stamp
     root.mkdir(parents=True, exist_ok=False)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(workspace_params(params), sort_keys=False))
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(workspace_params(params, stamp), sort_keys=False)
+    )
     with contextlib.closing(Repo.init(str(root))) as repo, repo.config.edit() as conf:
         conf["core"]["analytics"] = False
         conf["core"]["remote"] = "local"
