@@ -7,18 +7,39 @@ names the key.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from driftloop.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
+
+
+def _iso_date(value: Any, optional: bool = False) -> Any:
+    """A YYYY-MM-DD string (an unquoted YAML date is accepted and written back as text)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    try:
+        dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"must be a date YYYY-MM-DD, got {value!r}") from None
+    return str(value)
 
 
 class _Strict(BaseModel):
@@ -42,16 +63,7 @@ class DataParams(_Strict):
     quarantine_dir: str = "data/quarantine"
     columns: dict[str, ColumnSpec]
 
-    @model_validator(mode="after")
-    def _until_is_date(self) -> DataParams:
-        if self.until is not None:
-            import datetime as _dt
-
-            try:
-                _dt.date.fromisoformat(self.until)
-            except ValueError as exc:
-                raise ValueError(f"until must be YYYY-MM-DD, got {self.until!r}") from exc
-        return self
+    _until_is_date = field_validator("until", mode="before")(lambda v: _iso_date(v, True))
 
     @property
     def required_columns(self) -> list[str]:
@@ -141,6 +153,8 @@ class ReplayParams(_Strict):
     step_days: int = Field(7, ge=1)  # a new batch arrives every step
     holdout_days: int = Field(30, ge=7)  # shorter holdout for the short early history
     report_dir: str = "reports/replay"
+
+    _dates = field_validator("initial_until", "end", mode="before")(_iso_date)
 
 
 class Params(_Strict):

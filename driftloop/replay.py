@@ -47,8 +47,10 @@ def step_dates(params: Params) -> list[dt.date]:
     """The dates at which a new batch arrives: every step_days after initial_until up to end."""
     start = dt.date.fromisoformat(params.replay.initial_until)
     end = dt.date.fromisoformat(params.replay.end)
-    days = [start + dt.timedelta(days=params.replay.step_days * i) for i in range(1, 10_000)]
-    dates = [d for d in days if d <= end]
+    step = dt.timedelta(days=params.replay.step_days)
+    dates: list[dt.date] = []
+    while start + step * (len(dates) + 1) <= end:
+        dates.append(start + step * (len(dates) + 1))
     if not dates or dates[-1] < end:
         dates.append(end)
     return dates

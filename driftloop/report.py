@@ -9,6 +9,9 @@ from driftloop import registry
 from driftloop.config import Params, Settings
 from driftloop.errors import RegistryError
 
+_METRICS = ("roc_auc", "f1", "accuracy", "log_loss", "brier")
+_OVERALL = {f"{prefix}_{m}" for prefix in ("holdout", "cv") for m in _METRICS}
+
 
 def _describe(client: Any, ref: registry.ModelRef | None, metric: str) -> dict[str, Any] | None:
     if ref is None:
@@ -23,11 +26,7 @@ def _describe(client: Any, ref: registry.ModelRef | None, metric: str) -> dict[s
         "decision": ref.tags.get(registry.DECISION_TAG),
         "reason": ref.tags.get(registry.REASON_TAG),
         "primary_metric": metric,
-        "metrics": {
-            k: v
-            for k, v in sorted(metrics.items())
-            if k.startswith(("holdout_", "cv_")) and k.count("_") <= 2
-        },
+        "metrics": {k: v for k, v in sorted(metrics.items()) if k in _OVERALL},
     }
 
 

@@ -85,16 +85,17 @@ def cli_subprocess(*args: str, cwd: Path, timeout: float = 600) -> CliResult:
     return CliResult(done.returncode, done.stdout, done.stderr)
 
 
-def wait_for(probe: Callable[[], T | None], timeout: float = 60, every: float = 0.5) -> T:
-    """Poll until probe() returns something truthy (Prefect records some things asynchronously)."""
+def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 60) -> T:
+    """fetch() until done(value) or timeout; return the last value (the caller asserts on it).
+
+    Prefect records some things (task run states) asynchronously, through its event pipeline.
+    """
     deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {value!r})")
-        time.sleep(every)
+    value = fetch()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        value = fetch()
+    return value
 
 
 # -- projects -------------------------------------------------------------------------------------
@@ -157,7 +158,9 @@ class Project:
         from mlflow.exceptions import MlflowException
 
         try:
-            return str(self.mlflow_client().get_model_version_by_alias(self.model_name, "champion").version)
+            return str(
+                self.mlflow_client().get_model_version_by_alias(self.model_name, "champion").version
+            )
         except MlflowException:
             return None
 

@@ -18,6 +18,12 @@ pytestmark = pytest.mark.slow
 FIRST_UNTIL, SECOND_UNTIL = "2014-06-30", "2015-06-30"
 
 
+def remote_objects(project: Project) -> set[str]:
+    """Object ids in the local DVC remote (files/md5/ab/cdef... -> abcdef...)."""
+    store = project.remote / "files" / "md5"
+    return {"".join(p.relative_to(store).parts) for p in store.rglob("*") if p.is_file()}
+
+
 @dataclass(frozen=True)
 class Round:
     ingest: CliResult
@@ -31,7 +37,9 @@ def first(module_project: Project) -> Round:
     ingested = cli("ingest", "--until", FIRST_UNTIL)
     assert ingested.exit_code == 0, ingested.stderr
     trained = cli("train", "--json").json()
-    return Round(ingested, trained, module_project.raw_dvc_md5(), sorted(module_project.raw_snapshot()))
+    return Round(
+        ingested, trained, module_project.raw_dvc_md5(), sorted(module_project.raw_snapshot())
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +72,11 @@ def test_ingest_writes_one_immutable_batch_tracked_and_pushed_by_dvc(
     batch = module_project.raw_dir / first.raw_files[0]
     assert batch.suffix == ".parquet"
     assert batch.name.startswith("2012-01-01_2014-06-30_")
+    assert batch.stat().st_mode & 0o222 == 0  # written read-only
     assert first.md5.endswith(".dir") and len(first.md5) == len("0" * 32 + ".dir")
     assert first.md5 in first.ingest.stdout
-    # dvc push happened: the directory manifest and the file's object are in the local remote
-    pushed = {p.relative_to(module_project.remote / "files" / "md5").as_posix().replace("/", "")
-              for p in (module_project.remote / "files" / "md5").rglob("*") if p.is_file()}
+    # dvc push happened: the directory manifest and the one file's object are in the remote
+    pushed = remote_objects(module_project)
     assert first.md5 in pushed
     assert len(pushed) == 2
 
@@ -80,15 +88,25 @@ def test_first_training_run_becomes_champion_v1(module_project: Project, first: 
     assert module_project.champion() == "1"
 
 
-def test_status_shows_champion_with_data_md5_and_metrics(first: Round, status: dict[str, Any]) -> None:
+def test_status_shows_champion_with_data_md5_and_metrics(
+    first: Round, status: dict[str, Any]
+) -> None:
     champion = status["champion"]
     assert champion["version"] == "1"
     assert champion["data_md5"] == first.md5
     assert champion["run_id"] == first.train["run_id"]
-    assert champion["metrics"]["holdout_roc_auc"] == pytest.approx(first.train["holdout"]["roc_auc"])
+    assert champion["metrics"]["holdout_roc_auc"] == pytest.approx(
+        first.train["holdout"]["roc_auc"]
+    )
     assert {"cv_roc_auc", "holdout_accuracy", "holdout_log_loss"} <= set(champion["metrics"])
     assert status["last_decision"]["decision"] == "promoted"
     assert status["last_decision"]["version"] == "1"
+
+
+def test_status_metrics_are_the_overall_ones(status: dict[str, Any]) -> None:
+    seasons = ("winter", "spring", "summer", "autumn")
+    shown = set(status["champion"]["metrics"])
+    assert not {name for name in shown if any(f"_{s}_" in name for s in seasons)}
 
 
 def test_lineage_traces_data_code_run_validation_and_decision(
@@ -126,6 +144,7 @@ def test_second_ingest_adds_a_batch_and_a_new_data_version(
     assert any(name.startswith("2014-07-01_2015-06-30_") for name in second.raw_files)
     assert second.md5 != first.md5
     assert second.md5 in second.ingest.stdout
+    assert second.md5 in remote_objects(module_project)
 
 
 def test_second_training_records_a_decision_either_way(
@@ -154,17 +173,41 @@ def test_second_training_records_a_decision_either_way(
 def test_rollback_moves_champion_and_records_the_reason(
     module_project: Project, second: Round
 ) -> None:
-    before = module_project.champion()
+    # v2 is usually rejected on this data; an operator may still have made it champion by hand
+    # (MLflow UI). Make that so either way, so the rollback below has something to undo.
+    client = module_project.mlflow_client()
+    client.set_registered_model_alias(module_project.model_name, "champion", "2")
     reason = "v2 over-predicts rain in production"
 
     result = cli("rollback", "--reason", reason, "--to", "1")
 
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip() == f"champion v{before} -> v1: {reason}"
+    assert result.stdout.strip() == f"champion v2 -> v1: {reason}"
     assert module_project.champion() == "1"
-    tags = module_project.mlflow_client().get_model_version(module_project.model_name, "1").tags
+    tags = client.get_model_version(module_project.model_name, "1").tags
     assert tags["driftloop.rollback_reason"] == reason
+    assert (
+        "driftloop.rollback_reason"
+        not in client.get_model_version(module_project.model_name, "2").tags
+    )
     last = module_project.audit()[-1]
     assert (last["event"], last["version"], last["reason"]) == ("rollback", "1", reason)
-    assert last["champion_before"] == before
+    assert last["champion_before"] == "2"
     assert cli("lineage", "1", "--json").json()["decision"]["rollback_reason"] == reason
+
+
+def test_rollback_without_a_previous_champion_fails_with_exit_6(
+    module_project: Project, second: Round
+) -> None:
+    """After the rollback, v1 is the only champion the audit log knows: nothing to go back to."""
+    entries_before = len(module_project.audit())
+
+    result = cli("rollback", "--reason", "try again")
+
+    assert result.exit_code == 6
+    name = module_project.model_name
+    assert result.stderr.strip().splitlines() == [
+        f"error: {name}: no previous champion to roll back to; pass --to VERSION"
+    ]
+    assert module_project.champion() == "1"
+    assert len(module_project.audit()) == entries_before

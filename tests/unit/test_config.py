@@ -77,20 +77,11 @@ def test_bad_until_date_is_a_config_error_showing_the_value(raw_params: Raw, bad
     assert repr(bad_date) in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py DataParams._until_is_date is a model validator, so the error names "
-    "key 'data' instead of 'data.until'",
-)
 def test_bad_until_date_names_the_full_key(raw_params: Raw) -> None:
     with pytest.raises(ConfigError, match=r"key 'data\.until'"):
         parse_params(edited(raw_params, lambda r: r["data"].update(until="2015-13-45")))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py ReplayParams.initial_until/end are plain str: a bad date is accepted",
-)
 def test_bad_replay_date_is_a_config_error(raw_params: Raw) -> None:
     with pytest.raises(ConfigError, match=r"replay\.initial_until"):
         parse_params(edited(raw_params, lambda r: r["replay"].update(initial_until="soon")))

@@ -21,7 +21,9 @@ def ev(value: float, metric: str = "roc_auc", **segments: float) -> Evaluation:
 AUC = PromoteParams(primary_metric="roc_auc", min_delta=0.01, max_segment_drop=0.05, floor=0.6)
 # Binary fractions, so "exactly min_delta" is exact in floating point.
 EXACT = PromoteParams(primary_metric="roc_auc", min_delta=0.125, max_segment_drop=0.05, floor=0.5)
-LOGLOSS = PromoteParams(primary_metric="log_loss", min_delta=0.01, max_segment_drop=0.05, floor=0.65)
+LOGLOSS = PromoteParams(
+    primary_metric="log_loss", min_delta=0.01, max_segment_drop=0.05, floor=0.65
+)
 
 CASES = [
     # first model: only the absolute floor applies
@@ -69,8 +71,22 @@ CASES = [
     ("log_loss first below floor value", ev(0.60, "log_loss"), None, LOGLOSS, True, "clears"),
     ("log_loss first above floor value", ev(0.70, "log_loss"), None, LOGLOSS, False, "below floor"),
     ("log_loss lower wins", ev(0.55, "log_loss"), ev(0.60, "log_loss"), LOGLOSS, True, "+0.0500"),
-    ("log_loss higher loses", ev(0.62, "log_loss"), ev(0.60, "log_loss"), LOGLOSS, False, "-0.0200"),
-    ("log_loss tiny gain", ev(0.595, "log_loss"), ev(0.60, "log_loss"), LOGLOSS, False, "min_delta"),
+    (
+        "log_loss higher loses",
+        ev(0.62, "log_loss"),
+        ev(0.60, "log_loss"),
+        LOGLOSS,
+        False,
+        "-0.0200",
+    ),
+    (
+        "log_loss tiny gain",
+        ev(0.595, "log_loss"),
+        ev(0.60, "log_loss"),
+        LOGLOSS,
+        False,
+        "min_delta",
+    ),
     (
         "log_loss segment rises beyond limit",
         ev(0.50, "log_loss", winter=0.70),

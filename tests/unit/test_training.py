@@ -1,4 +1,4 @@
-"""Fitting and evaluating a candidate on a small slice of the bundled Seattle data (real sklearn)."""
+"""Fitting and evaluating a candidate on a slice of the bundled Seattle data (real sklearn)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,9 @@ def test_single_class_data_is_a_training_error(params: Params) -> None:
         train_model(params.train, fit, holdout)
 
 
-def test_too_little_data_is_a_training_error(params: Params, parts: tuple[Dataset, Dataset]) -> None:
+def test_too_little_data_is_a_training_error(
+    params: Params, parts: tuple[Dataset, Dataset]
+) -> None:
     fit, holdout = parts
     with pytest.raises(TrainingError, match="too little data"):
         train_model(params.train, fit.subset(np.arange(len(fit)) < 10), holdout)
