@@ -93,6 +93,20 @@ def window_frame(params: Params, settings: Settings, as_of: dt.date | None) -> p
     return datastore.load_accepted(raw_dir, params, since=start, until=end)
 
 
+_REFERENCES: dict[tuple[str, str, str], pd.DataFrame] = {}
+
+
+def scored_reference(
+    params: Params, settings: Settings, champion: registry.ModelRef, model: Any
+) -> pd.DataFrame:
+    """The champion's training rows with its predictions (immutable: computed once per process)."""
+    key = (str(settings.project), champion.name, champion.version)
+    if key not in _REFERENCES:
+        frame = reference_frame(params, settings, champion)
+        _REFERENCES[key] = score_frame(params, champion, model, frame)
+    return _REFERENCES[key]
+
+
 def score_frame(
     params: Params, champion: registry.ModelRef, model: Any, frame: pd.DataFrame
 ) -> pd.DataFrame:
@@ -181,7 +195,7 @@ def monitor(
     model = registry.load_model(champion)
     current = score_frame(params, champion, model, frame)
     current = current[pd.to_datetime(current[date_col]).dt.date >= start].reset_index(drop=True)
-    reference = score_frame(params, champion, model, reference_frame(params, settings, champion))
+    reference = scored_reference(params, settings, champion, model)
     out_dir = settings.path(MONITORING_DIR) / end.isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
     current.to_parquet(out_dir / "predictions.parquet", index=False)

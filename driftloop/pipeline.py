@@ -94,7 +94,9 @@ def read_next_batch(
     return read_source(source or params.data.source, params.data, after, stop)
 
 
-def ingest(params: Params, settings: Settings, raw: RawBatch, *, push: bool = True) -> IngestResult:
+def ingest(
+    params: Params, settings: Settings, raw: RawBatch, *, push: bool = True, version: bool = True
+) -> IngestResult:
     """Gate a batch with Great Expectations; accept it (immutable file + DVC) or quarantine it.
 
     Raises ValidationFailed (after quarantining) when the gate fails; nothing is deleted.
@@ -122,12 +124,23 @@ def ingest(params: Params, settings: Settings, raw: RawBatch, *, push: bool = Tr
             versioning.track(settings.project, qdir)
             raise ValidationFailed(f"{raw.origin}: {report.summary()} (kept in {folder})")
         path = datastore.write_batch(raw.frame, raw_dir, params.data.date_column)
+        if not version:  # a replay versions in bulk (version_data) before it trains
+            return IngestResult(raw.origin, len(raw.frame), "", path)
         md5 = versioning.track(settings.project, raw_dir, push=push)
         datastore.write_manifest(raw_dir, settings.path(INGEST_MANIFEST), md5)
         dates = pd.to_datetime(raw.frame[params.data.date_column])
         return IngestResult(
             raw.origin, len(raw.frame), md5, path, str(dates.min().date()), str(dates.max().date())
         )
+
+
+def version_data(params: Params, settings: Settings) -> str:
+    """`dvc add` (and push) all accepted data if anything is not versioned yet; its md5."""
+    raw_dir = settings.path(params.data.raw_dir)
+    with versioning.project_lock(settings.lock_dir, "data"):
+        md5 = versioning.track(settings.project, raw_dir)
+        datastore.write_manifest(raw_dir, settings.path(INGEST_MANIFEST), md5)
+    return md5
 
 
 # -- validate the whole dataset ---------------------------------------------------------------

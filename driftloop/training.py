@@ -85,9 +85,17 @@ def score(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     }
 
 
+SMALL_BATCH = 20_000
+
+
 def predict_proba(model: Any, X: pd.DataFrame) -> np.ndarray:
-    """Probability of the positive class."""
-    return np.asarray(model.predict_proba(X)[:, 1], dtype=float)
+    """Probability of the positive class (single-threaded for small batches: no OpenMP spin-up)."""
+    from threadpoolctl import threadpool_limits
+
+    if len(X) > SMALL_BATCH:
+        return np.asarray(model.predict_proba(X)[:, 1], dtype=float)
+    with threadpool_limits(limits=1):
+        return np.asarray(model.predict_proba(X)[:, 1], dtype=float)
 
 
 def evaluate(model: Any, data: Dataset) -> Evaluation:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -189,6 +190,7 @@ def _context(root: Path | None = None) -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # per-call temp-dir notes
     ctx: Any = (
         gx.get_context(mode="ephemeral")
         if root is None

@@ -19,6 +19,7 @@ def retrain_flow(
 ) -> dict[str, Any]:
     """Validate accepted data, then train on the retrain window and run the promotion gate."""
     params, settings = context()
+    t.version_data(params, settings)
     validation = t.validate(params, settings)
     days = window_days if window_days is not None else params.retrain.window_days
     return train_and_promote(params, settings, validation, f"retrain: {reason}", days, until)

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from driftloop import monitoring, pipeline, registry, replay, versioning
+from driftloop import monitoring, pipeline, registry, replay
 from driftloop.config import Params, Settings
 
 T = TypeVar("T")
@@ -31,9 +31,9 @@ def champion_version(params: Params, ws: Settings) -> str | None:
 
 @task(name="ingest-step", cache_policy=NONE)
 def ingest_step(params: Params, ws: Settings, until: str) -> pipeline.IngestResult:
-    """The batch that arrived by `until`, through the same gate (pushed once at the end)."""
+    """The batch that arrived by `until`, through the same gate (versioned before each retrain)."""
     raw = pipeline.read_next_batch(params, ws, "seattle", until)
-    return pipeline.ingest(params, ws, raw, push=False)
+    return pipeline.ingest(params, ws, raw, version=False)
 
 
 def to_step(outcome: dict[str, Any], batch_start: Any, champion: str | None) -> replay.Step:
@@ -56,7 +56,7 @@ def to_step(outcome: dict[str, Any], batch_start: Any, champion: str | None) -> 
 def push(ws: Settings, params: Params) -> str:
     """Version accepted data and monitoring outputs (one DVC push for the whole replay)."""
     monitoring.version_outputs(ws)
-    return versioning.track(ws.project, ws.path(params.data.raw_dir))
+    return pipeline.version_data(params, ws)
 
 
 @task(name="compare-strategies", cache_policy=NONE)

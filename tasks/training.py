@@ -36,6 +36,12 @@ def ingest(
     return result
 
 
+@task(name="version-data", cache_policy=NONE)
+def version_data(params: Params, settings: Settings) -> str:
+    """Make sure every accepted batch is versioned with DVC before training on it."""
+    return pipeline.version_data(params, settings)
+
+
 @task(name="validate", cache_policy=NONE)
 def validate(params: Params, settings: Settings) -> dict[str, Any]:
     """Great Expectations over all accepted data; fails the flow (no retry) on any failure."""
