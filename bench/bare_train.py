@@ -64,7 +64,8 @@ def estimator(cfg: dict):
     if cfg["model"] == "hist_gradient_boosting":
         return HistGradientBoostingClassifier(random_state=seed, **hp)
     if cfg["model"] == "random_forest":
-        return make_pipeline(SimpleImputer(), RandomForestClassifier(random_state=seed, n_jobs=1, **hp))
+        rf = RandomForestClassifier(random_state=seed, n_jobs=1, **hp)
+        return make_pipeline(SimpleImputer(), rf)
     lr = LogisticRegression(random_state=seed, max_iter=1000, **hp)
     return make_pipeline(SimpleImputer(), StandardScaler(), lr)
 

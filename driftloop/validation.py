@@ -190,7 +190,8 @@ def _context(root: Path | None = None) -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # per-call temp-dir notes
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # per-call "temporary directory" notes
     ctx: Any = (
         gx.get_context(mode="ephemeral")
         if root is None
