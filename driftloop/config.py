@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -155,6 +156,14 @@ class ReplayParams(_Strict):
     report_dir: str = "reports/replay"
 
     _dates = field_validator("initial_until", "end", mode="before")(_iso_date)
+
+    @field_validator("end")
+    @classmethod
+    def _ends_after_start(cls, end: str, info: ValidationInfo) -> str:
+        start = info.data.get("initial_until")
+        if start is not None and end <= start:
+            raise ValueError(f"{end} must be after replay.initial_until {start}")
+        return end
 
 
 class Params(_Strict):

@@ -179,19 +179,32 @@ def monitor(
     from driftloop.validation import validate_batch
 
     client = registry.connect(settings)
-    frame = window_frame(params, settings, as_of)
-    date_col = params.data.date_column
-    end = pd.to_datetime(frame[date_col]).max().date()
+    raw_dir = settings.path(params.data.raw_dir)
+    last = datastore.last_accepted_date(raw_dir)
+    if last is None:
+        raise CannotEvaluate(f"{raw_dir}: no accepted data to monitor")
+    end = as_of or last
     start = end - dt.timedelta(days=params.monitor.window_days - 1)
     champion = registry.get_alias(client, params.train.model_name, registry.CHAMPION)
+    version = champion.version if champion else None
+
+    def finish(result: MonitorResult) -> MonitorResult:
+        if log:
+            log_monitoring(params, settings, result)
+        return result
+
+    if end > last:
+        reason = f"no accepted data after {last}: the window ending {end} cannot be judged"
+        return finish(_not_evaluable(end, start, version, reason))
     if champion is None:
-        return _not_evaluable(end, start, None, "no champion model to monitor")
+        return finish(_not_evaluable(end, start, None, "no champion model to monitor"))
+    frame = window_frame(params, settings, end)
+    date_col = params.data.date_column
     in_window = pd.to_datetime(frame[date_col]).dt.date >= start
     report = validate_batch(frame[in_window].reset_index(drop=True), params)
     if not report.success:
-        return _not_evaluable(
-            end, start, champion.version, f"window fails validation: {report.summary()}"
-        )
+        reason = f"window fails validation: {report.summary()}"
+        return finish(_not_evaluable(end, start, version, reason))
     model = registry.load_model(champion)
     current = score_frame(params, champion, model, frame)
     current = current[pd.to_datetime(current[date_col]).dt.date >= start].reset_index(drop=True)
@@ -216,14 +229,14 @@ def monitor(
             return None, str(exc)
         return summary, None
 
-    drift, reason = drift_report(params.monitor.html_report == "always")
+    drift, drift_error = drift_report(params.monitor.html_report == "always")
     decision = decide_retrain(
         drift,
         perf,
         params.monitor,
         last_retrain=_last_trained(settings, champion),
         today=end,
-        cannot_evaluate_reason=reason,
+        cannot_evaluate_reason=drift_error,
     )
     if params.monitor.html_report == "on_action" and decision.action != "no_action":
         drift_report(html=True)  # the HTML only where a person will look: retrain or alert
@@ -231,9 +244,7 @@ def monitor(
         end.isoformat(), start.isoformat(), champion.version, decision, drift, perf, out_dir
     )
     (out_dir / "decision.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    if log:
-        log_monitoring(params, settings, result)
-    return result
+    return finish(result)
 
 
 def log_monitoring(params: Params, settings: Settings, result: MonitorResult) -> str:

@@ -1,0 +1,176 @@
+"""`monitoring.monitor` on a real champion: Evidently drift per feature, files, an MLflow run, and
+the "cannot evaluate" cases that must never read as "no_action" (plus the CLI's exit code 7)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+
+from driftloop import datastore, monitoring
+from driftloop.monitoring import MonitorResult
+from driftloop.sources import load_seattle
+from tests.helpers import Project, cli
+from tests.integration.conftest_loop import AS_OF, read_json, with_champion
+
+pytestmark = pytest.mark.slow
+
+FLAT_WIND_FROM, FLAT_WIND_UNTIL = "2015-02-01", "2015-02-28"  # exactly one 28-day window
+
+
+@pytest.fixture(scope="module")
+def champion(module_project: Project) -> Project:
+    return with_champion(module_project)
+
+
+@pytest.fixture(scope="module")
+def january(champion: Project) -> MonitorResult:
+    return monitoring.monitor(champion.params, champion.settings, dt.date.fromisoformat(AS_OF))
+
+
+@pytest.fixture(scope="module")
+def flat_wind(champion: Project, january: MonitorResult) -> Project:
+    """February ingested from a user's file where wind is 3.0 every day (inside its GE bounds)."""
+    frame = load_seattle()
+    days = frame[(frame["date"] >= FLAT_WIND_FROM) & (frame["date"] <= FLAT_WIND_UNTIL)]
+    batch = champion.root.parent / "flat-wind.csv"
+    days.assign(wind=3.0, date=days["date"].dt.strftime("%Y-%m-%d")).to_csv(batch, index=False)
+    accepted = cli("ingest", str(batch))
+    assert accepted.exit_code == 0, accepted.stderr  # the gate lets it through
+    return champion
+
+
+@contextlib.contextmanager
+def edited_params(project: Project, **sections: dict[str, object]) -> Iterator[None]:
+    """params.yaml with some keys changed, restored afterwards (the project is shared)."""
+    file = project.root / "params.yaml"
+    original = file.read_text()
+    project.edit_params(**sections)
+    try:
+        yield
+    finally:
+        file.write_text(original)
+        project.edit_params()
+
+
+def assert_cannot_evaluate(result: MonitorResult, *words: str) -> None:
+    assert result.decision.action == "cannot_evaluate", result.decision
+    for word in words:
+        assert word in result.decision.reason
+
+
+# --- a month with a champion ---------------------------------------------------------------------
+
+
+def test_monitor_decides_from_drift_of_every_feature(
+    champion: Project, january: MonitorResult
+) -> None:
+    assert january.as_of == AS_OF
+    assert january.window_start == "2015-01-04"  # 28 days
+    assert january.champion == "1"
+    assert january.drift is not None
+    features = champion.params.features.numeric
+    assert [c.column for c in january.drift.columns] == features
+    assert all(c.method == "ks" and 0.0 <= c.score <= 1.0 for c in january.drift.columns)
+    assert january.drift.n_current == 28
+    # A winter month against three years of every season: the temperatures drift.
+    assert {"temp_max", "temp_min"} <= set(january.drift.drifted_columns)
+    assert january.decision.action == "retrain"
+    assert january.decision.reason.startswith("drift: drifted share")
+
+
+def test_monitor_writes_predictions_reports_and_decision(january: MonitorResult) -> None:
+    out, drift = january.out_dir, january.drift
+    assert out is not None and drift is not None
+    assert out.name == AS_OF and out.parent.name == "monitoring"
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert len(predictions) == 28
+    assert predictions["proba"].between(0, 1).all()
+    assert "<html" in (out / "drift.html").read_text()[:2000].lower()
+    assert (out / "drift.json").stat().st_size > 0
+    decision = read_json(out / "decision.json")
+    assert decision["action"] == "retrain"
+    assert decision["reason"] == january.decision.reason
+    assert decision["drift"] == drift.to_dict()
+
+
+def test_monitor_logs_a_run_in_the_monitoring_experiment(
+    champion: Project, january: MonitorResult
+) -> None:
+    client = champion.mlflow_client()
+    experiment = client.get_experiment_by_name(champion.params.monitor.experiment)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], f"tags.`driftloop.as_of` = '{AS_OF}'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["driftloop.action"] == "retrain"
+    assert run.data.tags["driftloop.champion"] == "1"
+    assert january.drift is not None
+    for column in january.drift.columns:
+        assert run.data.metrics[f"drift_{column.column}"] == pytest.approx(column.score)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"drift.json", "decision.json"} <= artifacts
+
+
+# --- cannot evaluate -----------------------------------------------------------------------------
+
+
+def test_no_champion_cannot_evaluate(project: Project) -> None:
+    assert cli("ingest", "--until", AS_OF).exit_code == 0
+    result = monitoring.monitor(project.params, project.settings, dt.date.fromisoformat(AS_OF))
+    assert_cannot_evaluate(result, "no champion")
+    assert result.drift is None
+
+
+def test_too_few_rows_in_the_window_cannot_evaluate(champion: Project) -> None:
+    with edited_params(champion, monitor={"min_rows": 40}):  # the window has 28
+        result = monitoring.monitor(
+            champion.params, champion.settings, dt.date.fromisoformat(AS_OF), log=False
+        )
+    assert_cannot_evaluate(result, "28 rows", "min_rows=40")
+    assert result.out_dir is not None
+    assert read_json(result.out_dir / "decision.json")["action"] == "cannot_evaluate"
+
+
+def test_an_as_of_far_past_the_data_cannot_evaluate(champion: Project) -> None:
+    last = datastore.last_accepted_date(champion.raw_dir)
+    assert last is not None
+    result = monitoring.monitor(
+        champion.params, champion.settings, last + dt.timedelta(days=90), log=False
+    )
+    assert_cannot_evaluate(result, last.isoformat())
+
+
+def test_an_as_of_just_past_the_data_never_judges_a_truncated_window(
+    champion: Project, january: MonitorResult
+) -> None:
+    last = datastore.last_accepted_date(champion.raw_dir)
+    assert last is not None
+    result = monitoring.monitor(
+        champion.params, champion.settings, last + dt.timedelta(days=10), log=False
+    )
+    if result.decision.action != "cannot_evaluate":
+        assert result.drift is not None
+        assert result.drift.n_current == champion.params.monitor.window_days
+
+
+def test_a_constant_column_in_the_window_cannot_evaluate(flat_wind: Project) -> None:
+    result = monitoring.monitor(
+        flat_wind.params, flat_wind.settings, dt.date.fromisoformat(FLAT_WIND_UNTIL)
+    )
+    assert_cannot_evaluate(result, "'wind'", "constant")
+    assert result.drift is None
+
+
+def test_cli_monitor_exits_7_when_it_cannot_evaluate(
+    prefect_harness: None, flat_wind: Project
+) -> None:
+    done = cli("monitor", "--as-of", FLAT_WIND_UNTIL, "--retrain", "off", "--json")
+    assert done.exit_code == 7, done.stdout + done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["action"] == "cannot_evaluate"
+    assert "'wind'" in summary["reason"]

@@ -1,0 +1,217 @@
+"""The plain parts of the loop: the retrain claim (cooldown, threads, processes), the replay
+calendar and the per-strategy metrics on a tiny frame."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import multiprocessing
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from driftloop import monitoring, replay
+from driftloop.config import Params, ReplayParams, Settings, load_params, parse_params
+from driftloop.errors import ConfigError
+from tests.helpers import REPO_ROOT
+
+DAY = dt.date(2015, 1, 31)
+COOLDOWN = 28
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(project=tmp_path, home=tmp_path / ".driftloop")
+
+
+def claim(settings: Settings, as_of: dt.date, cooldown: int = COOLDOWN) -> bool:
+    return monitoring.claim_retrain(settings, as_of, "drift: test", cooldown)
+
+
+def claims_in_audit(settings: Settings) -> list[str]:
+    """The as_of of every retrain claim the audit log records."""
+    lines = settings.audit_log.read_text().splitlines()
+    return [e["as_of"] for e in map(json.loads, lines) if e["event"] == "retrain"]
+
+
+# --- claim_retrain: the cooldown -----------------------------------------------------------------
+
+
+def test_claim_cooldown_first_then_refused_then_allowed_again(settings: Settings) -> None:
+    assert claim(settings, DAY) is True
+    assert claim(settings, DAY) is False
+    assert claim(settings, DAY + dt.timedelta(days=COOLDOWN - 1)) is False
+    assert claim(settings, DAY + dt.timedelta(days=COOLDOWN)) is True
+    assert monitoring.last_retrain(settings) == DAY + dt.timedelta(days=COOLDOWN)
+    assert claims_in_audit(settings) == ["2015-01-31", "2015-02-28"]
+
+
+def test_claim_with_zero_cooldown_still_claims_a_day_once(settings: Settings) -> None:
+    assert claim(settings, DAY, cooldown=0) is True
+    assert claim(settings, DAY, cooldown=0) is False
+    assert claim(settings, DAY + dt.timedelta(days=1), cooldown=0) is True
+
+
+# --- claim_retrain: many claimants at once -------------------------------------------------------
+# Each claimant claims in many fresh state dirs, in step with the others (a barrier per round):
+# without the lock, a round gives two winners or a half-written state file now and then.
+
+THREAD_ROUNDS, PROCESS_ROUNDS = 25, 10
+
+
+def round_settings(root: Path, i: int) -> Settings:
+    return Settings(project=root / f"round-{i}", home=root / f"round-{i}" / ".driftloop")
+
+
+def claim_rounds(root: Path, barrier: Any, rounds: int) -> list[bool]:
+    """One claimant: a claim in every round, each started together with the other claimants."""
+    won = []
+    for i in range(rounds):
+        barrier.wait(timeout=120)
+        try:
+            won.append(claim(round_settings(root, i), DAY))
+        except Exception:
+            barrier.abort()  # the others fail now instead of waiting for this claimant
+            raise
+    return won
+
+
+def assert_one_winner_per_round(root: Path, claimants: list[list[bool]], n: int) -> None:
+    assert len(claimants) == n
+    assert all(isinstance(c, list) for c in claimants), claimants  # e.g. a torn state file
+    for i, results in enumerate(zip(*claimants, strict=True)):
+        assert results.count(True) == 1, f"round {i}: {results}"
+        assert claims_in_audit(round_settings(root, i)) == ["2015-01-31"]
+
+
+@pytest.fixture
+def fast_thread_switching() -> Iterator[None]:
+    """Switch threads far more often than the default 5 ms, to interleave the claimants."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
+
+
+def test_eight_threads_claiming_at_once_get_exactly_one_claim(
+    tmp_path: Path, fast_thread_switching: None
+) -> None:
+    barrier = threading.Barrier(8)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(claim_rounds, tmp_path, barrier, THREAD_ROUNDS) for _ in range(8)]
+        errors = [f.exception(timeout=120) for f in futures]
+    causes = [e for e in errors if e and not isinstance(e, threading.BrokenBarrierError)]
+    assert not causes, causes  # e.g. a claimant reading a half-written state file
+    claimants = [f.result() for f in futures]
+    assert_one_winner_per_round(tmp_path, claimants, 8)
+
+
+def _claim_in_process(root: str, barrier: Any, out: Any) -> None:
+    """Spawned claimant (module-level, so the child can import it); reports what it raised."""
+    try:
+        out.put(claim_rounds(Path(root), barrier, PROCESS_ROUNDS))
+    except Exception as exc:
+        out.put(repr(exc))
+
+
+def test_four_processes_claiming_at_once_get_exactly_one_claim(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [
+        ctx.Process(target=_claim_in_process, args=(str(tmp_path), barrier, out)) for _ in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        claimants = [out.get(timeout=180) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    assert_one_winner_per_round(tmp_path, claimants, 4)
+
+
+# --- replay.step_dates ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def params() -> Params:
+    return load_params(REPO_ROOT / "params.yaml")
+
+
+def with_replay(params: Params, initial_until: str, end: str, step_days: int) -> Params:
+    replay_params = ReplayParams(initial_until=initial_until, end=end, step_days=step_days)
+    return params.model_copy(update={"replay": replay_params})
+
+
+@pytest.mark.parametrize(
+    ("initial_until", "end", "step_days"),
+    [
+        ("2012-04-30", "2015-12-31", 7),  # the project's replay
+        ("2012-04-30", "2012-05-28", 7),  # end on a step: no duplicate last date
+        ("2012-04-30", "2012-05-30", 7),  # end between steps: a short last step
+        ("2012-04-30", "2012-05-02", 30),  # end before the first step: one short step
+        ("2012-01-01", "2015-12-31", 1),  # daily
+        ("1990-01-01", "2020-01-01", 1),  # more than 10,000 steps
+    ],
+)
+def test_step_dates_cover_the_replay_in_steps(
+    params: Params, initial_until: str, end: str, step_days: int
+) -> None:
+    first, last = dt.date.fromisoformat(initial_until), dt.date.fromisoformat(end)
+    dates = replay.step_dates(with_replay(params, initial_until, end, step_days))
+    gaps = [(b - a).days for a, b in zip([first, *dates], dates, strict=False)]
+    assert dates[-1] == last
+    assert len(dates) == math.ceil((last - first).days / step_days)
+    assert all(gap == step_days for gap in gaps[:-1])
+    assert 0 < gaps[-1] <= step_days
+
+
+@pytest.mark.parametrize("end", ["2012-04-30", "2012-01-31"])
+def test_a_replay_that_ends_before_it_starts_is_a_config_error(params: Params, end: str) -> None:
+    # Accepted today: step_dates gives [end], a step on or before the initial model's data, and
+    # the replay later fails in scikit-learn on an empty comparison ("Found empty input array").
+    raw = params.model_dump(mode="json")
+    raw["replay"]["end"] = end
+    with pytest.raises(ConfigError, match=r"replay\.end"):
+        parse_params(raw)
+
+
+# --- replay.strategy_metrics ---------------------------------------------------------------------
+
+
+def test_strategy_metrics_count_only_labelled_scored_rows_overall_and_per_month() -> None:
+    rows = [  # date, label (NaN: not arrived yet), predicted probability (NaN: no model live)
+        ("2015-01-01", 1, 0.9),
+        ("2015-01-02", 0, 0.2),
+        ("2015-01-03", 1, 0.4),
+        ("2015-01-04", 0, 0.1),
+        ("2015-02-01", 1, 0.3),
+        ("2015-02-02", 0, 0.8),
+        ("2015-02-03", np.nan, 0.7),
+        ("2015-02-04", 1, np.nan),
+        ("2015-03-01", np.nan, 0.6),  # a month with nothing usable has no entry
+    ]
+    frame = pd.DataFrame(rows, columns=["date", "label", "proba"]).astype(
+        {"date": "datetime64[ns]"}
+    )
+
+    got = replay.strategy_metrics(frame[["date", "label"]], frame["proba"].to_numpy())
+
+    assert got["n_predictions"] == 6
+    assert got["accuracy"] == pytest.approx(3 / 6)  # 0.9, 0.2, 0.1 right; 0.4, 0.3, 0.8 wrong
+    assert got["roc_auc"] == pytest.approx(7 / 9)  # positives 0.9, 0.4, 0.3 vs 0.2, 0.1, 0.8
+    assert got["monthly"] == {
+        "2015-01": {"accuracy": pytest.approx(3 / 4), "roc_auc": pytest.approx(1.0)},
+        "2015-02": {"accuracy": pytest.approx(0.0), "roc_auc": pytest.approx(0.0)},
+    }
