@@ -294,6 +294,8 @@ def apply_env_defaults(settings: Settings | None = None) -> None:
         os.environ.setdefault(key, value)
     settings = settings or Settings()
     os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
+    # Prefect creates its home without parents: on a fresh clone .driftloop/ does not exist yet.
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     for noisy in ("great_expectations", "dvc", "mlflow", "alembic"):
