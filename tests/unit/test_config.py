@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,15 @@ def test_cli_exits_2_with_a_one_line_reason(
     assert f"key '{key}'" in lines[0]
     assert result.stdout == ""
     assert not (tmp_path / ".driftloop").exists()  # failed before touching any state
+
+
+def test_env_defaults_create_the_prefect_home_on_a_fresh_clone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftloop.config import Settings, apply_env_defaults
+
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    home = tmp_path / "clone" / ".driftloop"
+    apply_env_defaults(Settings(project=tmp_path / "clone", home=home))
+    assert os.environ["PREFECT_HOME"] == str(home / "prefect")
+    assert (home / "prefect").is_dir()
