@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,32 @@ def write_batch(frame: pd.DataFrame, raw_dir: Path, date_column: str) -> Path:
     return path
 
 
+_BATCHES: OrderedDict[tuple[str, int, int], pd.DataFrame] = OrderedDict()
+_BATCH_CACHE_ROWS = 5_000_000
+_BATCHES_LOCK = threading.Lock()
+
+
+def read_batch(path: Path) -> pd.DataFrame:
+    """One accepted batch file, read once per process (batch files are never rewritten).
+
+    Keyed by path, size and mtime, so a file replaced behind driftloop's back is read again.
+    The cache holds up to `_BATCH_CACHE_ROWS` rows, least recently used first out.
+    """
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    with _BATCHES_LOCK:
+        frame = _BATCHES.get(key)
+        if frame is not None:
+            _BATCHES.move_to_end(key)
+            return frame
+    frame = pd.read_parquet(path)
+    with _BATCHES_LOCK:
+        _BATCHES[key] = frame
+        while sum(len(f) for f in _BATCHES.values()) > _BATCH_CACHE_ROWS and len(_BATCHES) > 1:
+            _BATCHES.popitem(last=False)
+    return frame
+
+
 def load_accepted(
     raw_dir: Path, params: Params, *, since: dt.date | None = None, until: dt.date | None = None
 ) -> pd.DataFrame:
@@ -83,7 +111,7 @@ def load_accepted(
     ]
     if not files:
         raise IngestError(f"{raw_dir}: no accepted data yet; run `driftloop ingest` first")
-    frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    frame = pd.concat([read_batch(p) for p in files], ignore_index=True)  # a new frame
     frame[date_col] = pd.to_datetime(frame[date_col])
     if since is not None:
         frame = frame[frame[date_col] > pd.Timestamp(since)]

@@ -25,7 +25,7 @@ from driftloop.config import MonitorParams
 from driftloop.errors import ConfigError, DriftloopError
 
 LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
-_VALUE_DRIFT_TYPE = ":ValueDrift"
+_VALUE_DRIFT_TYPES = (":ValueDrift", ":ValueDriftScore")
 _FLOAT_NOISE = 1e-9
 
 
@@ -113,7 +113,10 @@ def compute_drift(
         raise CannotEvaluate("no columns to monitor")
     tested = list(dict.fromkeys([*columns, *([prediction_column] if prediction_column else [])]))
     _check_inputs(reference, current, tested, monitor.min_rows)
-    snapshot = _run_report(_only(reference, tested), _only(current, tested), tested, monitor)
+    figures = html_path is not None  # plotly widgets only for an HTML report
+    snapshot = _run_report(
+        _only(reference, tested), _only(current, tested), tested, monitor, figures=figures
+    )
     if html_path is not None:
         html_path.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(html_path))
@@ -190,11 +193,21 @@ def stattest_for(column: str, monitor: MonitorParams) -> tuple[str, float | None
 
 
 def _run_report(
-    reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], monitor: MonitorParams
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    columns: list[str],
+    monitor: MonitorParams,
+    *,
+    figures: bool = True,
 ) -> Any:
-    """One explicit Evidently ValueDrift metric per column, with Evidently's tests."""
+    """One explicit Evidently ValueDrift metric per column, with Evidently's tests.
+
+    Without `figures` (no HTML wanted), `ValueDriftScore`: the same calculation, no plotly.
+    """
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
+
+    from driftloop.evidently_metrics import ValueDriftScore
 
     numeric = [c for c in columns if _is_numeric(reference[c]) and _is_numeric(current[c])]
     categorical = [c for c in columns if c not in numeric]
@@ -207,10 +220,11 @@ def _run_report(
         unknown_columns=[],
         list_columns=[],
     )
+    metric_type = ValueDrift if figures else ValueDriftScore
     metrics = []
     for name in columns:
         method, threshold = stattest_for(name, monitor)
-        metrics.append(ValueDrift(column=name, method=method, threshold=threshold))
+        metrics.append(metric_type(column=name, method=method, threshold=threshold))
     return Report(metrics, include_tests=True).run(
         current_data=Dataset.from_pandas(current, data_definition=definition),
         reference_data=Dataset.from_pandas(reference, data_definition=definition),
@@ -247,7 +261,7 @@ def _parse_snapshot(raw: dict[str, Any]) -> list[ColumnDrift]:
     results = []
     for metric in raw["metrics"]:
         config = metric["config"]
-        if not config["type"].endswith(_VALUE_DRIFT_TYPE):
+        if not config["type"].endswith(_VALUE_DRIFT_TYPES):
             continue
         column, status = config["column"], status_by_metric.get(metric["id"])
         if status not in ("FAIL", "SUCCESS"):

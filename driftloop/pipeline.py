@@ -202,11 +202,13 @@ def split(params: Params, frame: pd.DataFrame) -> tuple[Dataset, Dataset]:
     return split_by_date(make_dataset(frame, params), params.train.holdout_days)
 
 
-def train_candidate(params: Params, data: TrainingData) -> tuple[Any, dict[str, float], int]:
+def train_candidate(
+    params: Params, data: TrainingData, *, cv: bool = True
+) -> tuple[Any, dict[str, float], int]:
     """Time-series CV and fit on the training part. Returns (estimator, cv metrics, n_train)."""
     fit_part, _ = split(params, data.frame)
-    estimator, cv = fit_candidate(params.train, fit_part)
-    return estimator, cv, len(fit_part)
+    estimator, cv_metrics = fit_candidate(params.train, fit_part, cv=cv)
+    return estimator, cv_metrics, len(fit_part)
 
 
 def evaluate_candidate(params: Params, estimator: Any, data: TrainingData) -> Evaluation:

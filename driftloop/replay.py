@@ -136,7 +136,11 @@ def predict_with(models: list[Any], starts: list[dt.date], feats: pd.DataFrame) 
 def scheduled_models(
     params: Params, ws: Settings, last: dt.date
 ) -> tuple[list[Any], list[dt.date]]:
-    """Retrain every `retrain.schedule_every_days` on the retrain window and always deploy."""
+    """Retrain every `retrain.schedule_every_days` on the retrain window and always deploy.
+
+    Each model is fitted exactly as a retrain's candidate is (same window, same training part),
+    without the cross-validation and holdout scoring that only the promotion gate reads.
+    """
     first = dt.date.fromisoformat(params.replay.initial_until)
     every = dt.timedelta(days=params.retrain.schedule_every_days)
     starts = [first]
@@ -146,7 +150,7 @@ def scheduled_models(
     for i, start in enumerate(starts):
         window = None if i == 0 else params.retrain.window_days
         data = pipeline.training_data(params, ws, window_days=window, until=start.isoformat())
-        models.append(pipeline.fit(params, data).estimator)
+        models.append(pipeline.train_candidate(params, data, cv=False)[0])
     return models, starts
 
 

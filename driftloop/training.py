@@ -131,14 +131,19 @@ def cross_validate(train: TrainParams, data: Dataset) -> dict[str, float]:
     return {f"cv_{k}": float(np.nanmean([f[k] for f in folds])) for k in folds[0]}
 
 
-def fit_candidate(train: TrainParams, fit_data: Dataset) -> tuple[Any, dict[str, float]]:
-    """Cross-validate on the training part, then fit on all of it. Returns (estimator, cv)."""
+def fit_candidate(
+    train: TrainParams, fit_data: Dataset, *, cv: bool = True
+) -> tuple[Any, dict[str, float]]:
+    """Cross-validate on the training part (unless `cv` is off), then fit on all of it.
+
+    Returns (estimator, cv metrics); the metrics are empty without cross-validation.
+    """
     if len(fit_data) < MIN_TRAIN_ROWS:
         raise TrainingError(f"too little data to train: {len(fit_data)} rows < {MIN_TRAIN_ROWS}")
     if fit_data.y.nunique() < 2:
         raise TrainingError("training data holds a single class; cannot train a classifier")
-    cv = cross_validate(train, fit_data)
-    return make_estimator(train).fit(fit_data.X, fit_data.y), cv
+    cv_metrics = cross_validate(train, fit_data) if cv else {}
+    return make_estimator(train).fit(fit_data.X, fit_data.y), cv_metrics
 
 
 def train_model(train: TrainParams, fit_data: Dataset, holdout: Dataset) -> TrainedModel:

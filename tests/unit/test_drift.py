@@ -112,6 +112,28 @@ def test_reports_are_written_and_summary_is_json_safe(
     assert as_dict["prediction"]["drifted"] is True
 
 
+def test_without_html_the_same_verdicts_come_without_figures(
+    season_report: tuple[DriftSummary, Path], seattle: pd.DataFrame, tmp_path: Path
+) -> None:
+    """No HTML wanted: Evidently's calculation without plotly, the very same scores and tests."""
+    with_html, out = season_report
+    summary = compute_drift(
+        window(seattle, SUMMER, ALL_YEARS),
+        window(seattle, WINTER, ALL_YEARS),
+        FEATURES,
+        KS,
+        prediction_column="prediction",
+        json_path=tmp_path / "drift.json",
+    )
+    assert summary == with_html
+    plain = json.loads((tmp_path / "drift.json").read_text())
+    rendered = json.loads((out / "sub" / "drift.json").read_text())
+    assert {m["config"]["type"].split(":")[-1] for m in plain["metrics"]} == {"ValueDriftScore"}
+    assert {m["config"]["type"].split(":")[-1] for m in rendered["metrics"]} == {"ValueDrift"}
+    assert [m["value"] for m in plain["metrics"]] == [m["value"] for m in rendered["metrics"]]
+    assert [t["status"] for t in plain["tests"]] == [t["status"] for t in rendered["tests"]]
+
+
 def test_same_season_in_other_years_mostly_does_not_drift(
     evidently: None, seattle: pd.DataFrame
 ) -> None:
