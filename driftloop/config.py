@@ -141,6 +141,10 @@ class MonitorParams(_Strict):
     min_labelled_rows: int = Field(14, ge=1)
     html_report: Literal["always", "on_action"] = "always"  # Evidently HTML (~4 MB each)
     cooldown_days: int = Field(28, ge=0)  # no drift-triggered retrain this soon after one
+    # The reference: the champion's training rows of the window's time of year ("seasonal"), or
+    # all of them ("training": a 4-week window always differs from a year of every season).
+    reference: Literal["seasonal", "training"] = "seasonal"
+    season_margin_days: int = Field(15, ge=0, le=183)  # seasonal: days either side of the window
 
 
 class RetrainParams(_Strict):

@@ -317,11 +317,16 @@ def decide_retrain(
     last_retrain: dt.date | None,
     today: dt.date,
     cannot_evaluate_reason: str | None = None,
+    unseen_season: str | None = None,
 ) -> RetrainDecision:
-    """Retrain on enough drift or a large enough metric drop, unless in cooldown; fail closed."""
+    """Retrain on enough drift or a large enough metric drop, unless in cooldown; fail closed.
+
+    `unseen_season` (the champion's training data holds too few rows of this time of year to
+    be a reference) is a trigger of its own: the model is out of what it has seen.
+    """
     if cannot_evaluate_reason is not None:
         return RetrainDecision("cannot_evaluate", _one_line(cannot_evaluate_reason))
-    if drift is None:
+    if drift is None and unseen_season is None:
         return RetrainDecision("cannot_evaluate", "no drift summary")
     if performance is not None and _has_nan(performance):
         return RetrainDecision(
@@ -329,10 +334,12 @@ def decide_retrain(
             f"{performance.metric} is NaN (reference {performance.reference}, "
             f"current {performance.current})",
         )
+    drift_trigger = _drift_trigger(drift, monitor) if drift is not None else None
+    season_trigger = f"unseen season: {_one_line(unseen_season)}" if unseen_season else None
     triggers = [
-        t for t in (_drift_trigger(drift, monitor), _metric_trigger(performance, monitor)) if t
+        t for t in (season_trigger, drift_trigger, _metric_trigger(performance, monitor)) if t
     ]
-    if not triggers:
+    if not triggers and drift is not None:  # (no drift summary: unseen_season is a trigger)
         status = "; ".join([_drift_status(drift, monitor), _metric_status(performance, monitor)])
         return RetrainDecision("no_action", status)
     wanted = "; ".join(triggers)

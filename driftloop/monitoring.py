@@ -107,6 +107,43 @@ def scored_reference(
     return _REFERENCES[key]
 
 
+def seasonal_reference(
+    reference: pd.DataFrame, params: Params, start: dt.date, end: dt.date
+) -> tuple[pd.DataFrame, str | None]:
+    """The reference rows of the window's time of year, and why there are too few, if so.
+
+    Rows whose calendar day (month and day, in any year) falls from `season_margin_days`
+    before the window's first day to as many after its last, wrapping at New Year. With
+    `monitor.reference: training`, every reference row. The reason is set when fewer than
+    `monitor.min_rows` rows are left: the champion has not seen this time of year.
+    """
+    monitor = params.monitor
+    margin = dt.timedelta(days=monitor.season_margin_days)
+    since, until = start - margin, end + margin
+    if monitor.reference == "training" or (until - since).days >= 365:
+        return reference, None
+    dates = pd.to_datetime(reference[params.data.date_column])
+    first = _calendar_day(np.array([since.month]), np.array([since.day]))[0]
+    last = _calendar_day(np.array([until.month]), np.array([until.day]))[0]
+    day = _calendar_day(dates.dt.month.to_numpy(), dates.dt.day.to_numpy())
+    inside = (day - first) % 366 <= (last - first) % 366
+    seasonal = reference[inside].reset_index(drop=True)
+    if len(seasonal) >= monitor.min_rows:
+        return seasonal, None
+    return seasonal, (
+        f"the champion's training data has {len(seasonal)} rows from {since:%b %d} to "
+        f"{until:%b %d} (fewer than min_rows={monitor.min_rows}): it has not seen this season"
+    )
+
+
+_MONTH_STARTS = np.cumsum([0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30])
+
+
+def _calendar_day(month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Day of a 366-day calendar (Feb 29 = 60, Mar 1 = 61 in every year): same date, same day."""
+    return np.asarray(_MONTH_STARTS[month - 1] + day)
+
+
 def score_frame(
     params: Params, champion: registry.ModelRef, model: Any, frame: pd.DataFrame
 ) -> pd.DataFrame:
@@ -208,11 +245,14 @@ def monitor(
     model = registry.load_model(champion)
     current = score_frame(params, champion, model, frame)
     current = current[pd.to_datetime(current[date_col]).dt.date >= start].reset_index(drop=True)
-    reference = scored_reference(params, settings, champion, model)
+    reference, unseen = seasonal_reference(
+        scored_reference(params, settings, champion, model), params, start, end
+    )
     out_dir = settings.path(MONITORING_DIR) / end.isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
     current.to_parquet(out_dir / "predictions.parquet", index=False)
     perf = performance(params, client, champion, current)
+    html = params.monitor.html_report
 
     def drift_report(html: bool) -> tuple[DriftSummary | None, str | None]:
         try:
@@ -229,7 +269,7 @@ def monitor(
             return None, str(exc)
         return summary, None
 
-    drift, drift_error = drift_report(params.monitor.html_report == "always")
+    drift, drift_error = (None, None) if unseen else drift_report(html=html == "always")
     decision = decide_retrain(
         drift,
         perf,
@@ -237,11 +277,19 @@ def monitor(
         last_retrain=_last_trained(settings, champion),
         today=end,
         cannot_evaluate_reason=drift_error,
+        unseen_season=unseen,
     )
-    if params.monitor.html_report == "on_action" and decision.action != "no_action":
+    if html == "on_action" and decision.action != "no_action" and not unseen:
         drift_report(html=True)  # the HTML only where a person will look: retrain or alert
     result = MonitorResult(
-        end.isoformat(), start.isoformat(), champion.version, decision, drift, perf, out_dir
+        end.isoformat(),
+        start.isoformat(),
+        champion.version,
+        decision,
+        drift,
+        perf,
+        out_dir,
+        extra={"reference": {"mode": params.monitor.reference, "rows": len(reference)}},
     )
     (out_dir / "decision.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     return finish(result)

@@ -38,7 +38,7 @@ def _markdown(result: MonitorResult) -> str:
             f"| {c.column} | {c.method} | {c.score:.4g} | {c.threshold:.4g} | {c.drifted} |"
             for c in cols
         ]
-    if result.out_dir is not None:
+    if result.out_dir is not None and (result.out_dir / "drift.html").exists():
         lines += ["", f"Evidently report: [drift.html]({(result.out_dir / 'drift.html').as_uri()})"]
     return "\n".join(lines)
 

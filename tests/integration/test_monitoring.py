@@ -77,7 +77,10 @@ def test_monitor_decides_from_drift_of_every_feature(
     assert [c.column for c in january.drift.columns] == features
     assert all(c.method == "ks" and 0.0 <= c.score <= 1.0 for c in january.drift.columns)
     assert january.drift.n_current == 28
-    # A winter month against three years of every season: the temperatures drift.
+    # The reference is the champion's own winters (Dec 20 to Feb 15 of 2012-2014: 3 x 58 days),
+    # and January 2015 was warmer and windier than those: the temperatures drift.
+    assert january.drift.n_reference == 174
+    assert january.to_dict()["reference"] == {"mode": "seasonal", "rows": 174}
     assert {"temp_max", "temp_min"} <= set(january.drift.drifted_columns)
     assert january.decision.action == "retrain"
     assert january.decision.reason.startswith("drift: drifted share")

@@ -430,3 +430,50 @@ def test_no_cooldown_when_cooldown_days_is_zero() -> None:
 def test_column_drift_to_dict_keeps_infinite_scores_json_safe() -> None:
     column = ColumnDrift("wind", "kl_div", math.inf, 0.1, True)
     assert json.loads(json.dumps(column.to_dict(), allow_nan=False))["score"] == "inf"
+
+
+# --- the unseen-season trigger -------------------------------------------------------------------
+
+UNSEEN = "the champion's training data has 3 rows from Jul 16 to Sep 12"
+
+
+@pytest.mark.parametrize(
+    ("performance", "last_retrain", "ce_reason", "action", "words"),
+    [
+        pytest.param(None, None, None, "retrain", ["unseen season: the champion's"], id="alone"),
+        pytest.param(
+            perf(0.6), None, None, "retrain", ["unseen season", "performance:"], id="and-drop"
+        ),
+        pytest.param(
+            None,
+            TODAY - dt.timedelta(days=5),
+            None,
+            "no_action",
+            ["cooldown", "would retrain for unseen season"],
+            id="in-cooldown",
+        ),
+        pytest.param(
+            None, None, "window fails", "cannot_evaluate", ["window fails"], id="cannot-first"
+        ),
+        pytest.param(perf(NAN), None, None, "cannot_evaluate", ["NaN"], id="nan-first"),
+    ],
+)
+def test_an_unseen_season_is_a_trigger_without_a_drift_summary(
+    performance: PerformanceCheck | None,
+    last_retrain: dt.date | None,
+    ce_reason: str | None,
+    action: str,
+    words: list[str],
+) -> None:
+    decision = decide_retrain(
+        None,
+        performance,
+        POLICY,
+        last_retrain=last_retrain,
+        today=TODAY,
+        cannot_evaluate_reason=ce_reason,
+        unseen_season=UNSEEN,
+    )
+    assert decision.action == action, decision.reason
+    for word in words:
+        assert word in decision.reason

@@ -215,3 +215,60 @@ def test_strategy_metrics_count_only_labelled_scored_rows_overall_and_per_month(
         "2015-01": {"accuracy": pytest.approx(3 / 4), "roc_auc": pytest.approx(1.0)},
         "2015-02": {"accuracy": pytest.approx(0.0), "roc_auc": pytest.approx(0.0)},
     }
+
+
+# --- the seasonal reference ----------------------------------------------------------------------
+
+
+def seasonal(params: Params, rows: pd.DataFrame, start: str, end: str, **monitor: Any):
+    own = params.model_copy(update={"monitor": params.monitor.model_copy(update=monitor)})
+    return monitoring.seasonal_reference(
+        rows, own, dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    )
+
+
+@pytest.fixture(scope="module")
+def seattle() -> pd.DataFrame:
+    from driftloop.sources import load_seattle
+
+    return load_seattle()
+
+
+def test_the_seasonal_reference_is_the_same_weeks_of_every_training_year(
+    params: Params, seattle: pd.DataFrame
+) -> None:
+    until_2014 = seattle[seattle["date"] <= "2014-12-31"]
+    rows, unseen = seasonal(params, until_2014, "2014-06-01", "2014-06-28", season_margin_days=15)
+    assert unseen is None
+    assert sorted(rows["date"].dt.year.unique()) == [2012, 2013, 2014]
+    days = rows["date"].dt.strftime("%m-%d")
+    assert days.min() == "05-17" and days.max() == "07-13"  # 28 days + 15 either side
+    assert len(rows) == 3 * 58
+
+
+def test_the_seasonal_reference_wraps_at_new_year(params: Params, seattle: pd.DataFrame) -> None:
+    rows, unseen = seasonal(params, seattle, "2014-12-20", "2015-01-16", season_margin_days=10)
+    assert unseen is None
+    assert set(rows["date"].dt.month) == {12, 1}
+    assert rows["date"].dt.strftime("%m-%d").between("01-01", "01-26").any()
+    assert rows["date"].dt.strftime("%m-%d").between("12-10", "12-31").any()
+    assert not rows["date"].dt.strftime("%m-%d").between("01-27", "12-09").any()
+
+
+def test_a_season_the_champion_never_saw_is_named(params: Params, seattle: pd.DataFrame) -> None:
+    """Trained on January to April only: August has no reference, which is itself the news."""
+    spring = seattle[seattle["date"] <= "2012-04-30"]
+    rows, unseen = seasonal(params, spring, "2012-08-01", "2012-08-28")
+    assert len(rows) == 0
+    assert unseen is not None
+    assert "has 0 rows from Jul 17 to Sep 12" in unseen and "not seen this season" in unseen
+    few, unseen = seasonal(params, spring, "2012-05-06", "2012-06-02")  # margin reaches Apr 21
+    assert len(few) == 10 and unseen is not None and "fewer than min_rows=14" in unseen
+
+
+def test_the_training_reference_or_a_wide_margin_keeps_every_row(
+    params: Params, seattle: pd.DataFrame
+) -> None:
+    for monitor in ({"reference": "training"}, {"season_margin_days": 170}):
+        rows, unseen = seasonal(params, seattle, "2014-06-01", "2014-06-28", **monitor)
+        assert unseen is None and len(rows) == len(seattle)
