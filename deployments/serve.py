@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -68,31 +69,31 @@ def wait_healthy(api_url: str, timeout: float = 120) -> None:
 
 
 @contextlib.contextmanager
-def local_server(port: int = DEFAULT_PORT) -> Iterator[str]:
-    """A `prefect server start` child process for as long as the context lasts."""
+def local_server(
+    port: int = DEFAULT_PORT, env: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[str]:
+    """A `prefect server start` child process (its own process group) while the context lasts.
+
+    `env` replaces the child's environment (e.g. a PostgreSQL `PREFECT_API_DATABASE_...`).
+    """
     api_url = f"http://127.0.0.1:{port}/api"
+    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        [*argv, "--port", str(port)],
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the server and its workers stop together
     )
     try:
-        wait_healthy(api_url)
+        wait_healthy(api_url, timeout)
         yield api_url
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def serve_all() -> None:

@@ -22,6 +22,14 @@ def retry_if_registry_down(task: Task[..., Any], task_run: TaskRun, state: State
     return False
 
 
+# Tasks that write to the tracking store: retried on its transient failures only.
+REGISTRY_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [2, 8, 30],
+    "retry_condition_fn": retry_if_registry_down,
+}
+
+
 def table(rows: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """A Prefect table artifact from {row: {column: value}}."""
     return [

@@ -13,7 +13,7 @@ from driftloop.config import Params, Settings
 from driftloop.pipeline import IngestResult, PromotionResult, TrainingData
 from driftloop.registry import ModelRef
 from driftloop.training import Evaluation, TrainedModel
-from tasks.common import retry_if_registry_down, table
+from tasks.common import REGISTRY_RETRIES, table
 
 
 @task(name="ingest", cache_policy=NONE)
@@ -89,13 +89,7 @@ def evaluate(
     return TrainedModel(estimator, cv, holdout, n_train, list(estimator.feature_names_in_))
 
 
-@task(
-    name="register",
-    cache_policy=NONE,
-    retries=3,
-    retry_delay_seconds=[2, 8, 30],
-    retry_condition_fn=retry_if_registry_down,
-)
+@task(name="register", cache_policy=NONE, **REGISTRY_RETRIES)
 def register(
     params: Params,
     settings: Settings,
@@ -110,13 +104,7 @@ def register(
     return candidate
 
 
-@task(
-    name="promote",
-    cache_policy=NONE,
-    retries=3,
-    retry_delay_seconds=[2, 8, 30],
-    retry_condition_fn=retry_if_registry_down,
-)
+@task(name="promote", cache_policy=NONE, **REGISTRY_RETRIES)
 def promote(
     params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, trigger: str
 ) -> PromotionResult:

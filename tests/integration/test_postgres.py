@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from deployments.serve import local_server
 
 PG = "postgres@127.0.0.1:5432"
 
@@ -61,18 +60,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} not healthy after {timeout} s")
-
-
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "driftloop.cli", *args],
@@ -100,54 +87,32 @@ def test_training_flow_on_postgres_prefect_and_mlflow(project, pg_database, tmp_
         "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{PG}/{prefect_db}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     try:
-        _wait(f"http://127.0.0.1:{port}/api/health", 180)
-        client_env = {
-            **{k: v for k, v in env.items() if k != "PREFECT_API_DATABASE_CONNECTION_URL"},
-            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-            "MLFLOW_TRACKING_URI": f"postgresql://{PG}/{mlflow_db}",
-        }
-        out = _run(["run", "--until", "2013-12-31", "--json"], project.root, client_env)
-        assert out.returncode == 0, out.stderr[-2000:]
-        summary = json.loads(out.stdout)
-        assert summary["promoted"] is True
+        with local_server(port, env=env, timeout=180) as api_url:
+            client_env = {
+                **{k: v for k, v in env.items() if k != "PREFECT_API_DATABASE_CONNECTION_URL"},
+                "PREFECT_API_URL": api_url,
+                "MLFLOW_TRACKING_URI": f"postgresql://{PG}/{mlflow_db}",
+            }
+            out = _run(["run", "--until", "2013-12-31", "--json"], project.root, client_env)
+            assert out.returncode == 0, out.stderr[-2000:]
+            summary = json.loads(out.stdout)
+            assert summary["promoted"] is True
 
-        status = json.loads(_run(["status", "--json"], project.root, client_env).stdout)
-        assert status["tracking_uri"].startswith("postgresql://")
-        assert status["champion"]["version"] == summary["version"]
+            status = json.loads(_run(["status", "--json"], project.root, client_env).stdout)
+            assert status["tracking_uri"].startswith("postgresql://")
+            assert status["champion"]["version"] == summary["version"]
 
-        conn = psycopg2.connect(f"postgresql://{PG}/{prefect_db}")
-        cur = conn.cursor()
-        cur.execute("SELECT state_name FROM flow_run")
-        assert ("COMPLETED",) in {(s.upper(),) for (s,) in cur.fetchall()}
-        conn.close()
-        conn = psycopg2.connect(f"postgresql://{PG}/{mlflow_db}")
-        cur = conn.cursor()
-        cur.execute("SELECT alias, version FROM registered_model_aliases")
-        assert ("champion", int(summary["version"])) in cur.fetchall()
-        conn.close()
+            conn = psycopg2.connect(f"postgresql://{PG}/{prefect_db}")
+            cur = conn.cursor()
+            cur.execute("SELECT state_name FROM flow_run")
+            assert ("COMPLETED",) in {(s.upper(),) for (s,) in cur.fetchall()}
+            conn.close()
+            conn = psycopg2.connect(f"postgresql://{PG}/{mlflow_db}")
+            cur = conn.cursor()
+            cur.execute("SELECT alias, version FROM registered_model_aliases")
+            assert ("champion", int(summary["version"])) in cur.fetchall()
+            conn.close()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{mlflow_db}" WITH (FORCE)')
         admin.close()
