@@ -1,8 +1,9 @@
 """Parameters (params.yaml) and settings (environment), loaded once and validated.
 
-`params.yaml` holds every tunable, grouped by stage. The environment holds where things live
-(tracking URI, Prefect API, project home). A wrong key or type is a `ConfigError` whose message
-names the key.
+`params.yaml` holds every tunable, grouped by stage: the data contract (timestamp, id, entities,
+columns), the target, features, training, evaluation, promotion, monitoring. The environment holds
+where things live (tracking URI, Prefect API, project home). A wrong key or type is a
+`ConfigError` whose message names the key.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from driftloop.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
+PARAMS_ENV = "DRIFTLOOP_PARAMS"
+BUNDLED_SOURCES = ("seattle", "flights")
+CALENDAR_FEATURES = ("day_of_year", "weekday", "hour", "month")
+DERIVED_SEGMENTS = ("season", "month", "weekday", "hour")
 
 
 def _iso_date(value: Any, optional: bool = False) -> Any:
@@ -43,58 +48,221 @@ def _iso_date(value: Any, optional: bool = False) -> Any:
     return str(value)
 
 
+def _offset(value: Any, optional: bool = False) -> Any:
+    """A pandas offset alias such as `D`, `h`, `15min` (checked with pandas)."""
+    if value is None and optional:
+        return None
+    import pandas as pd
+
+    try:
+        pd.tseries.frequencies.to_offset(str(value))
+    except ValueError:
+        raise ValueError(f"must be a pandas frequency such as D, h or 15min, got {value!r}") from None
+    return str(value)
+
+
+def _timedelta(value: Any) -> Any:
+    """A duration such as `1D`, `36h`, `7 days` (checked with pandas)."""
+    import pandas as pd
+
+    try:
+        pd.Timedelta(str(value))
+    except ValueError:
+        raise ValueError(f"must be a duration such as 1D, 36h or 7 days, got {value!r}") from None
+    return str(value)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ColumnSpec(_Strict):
-    """Schema of one raw column of a batch."""
+Dtype = Literal["float", "int", "str", "category", "bool"]
+CATEGORICAL_DTYPES = frozenset({"str", "category"})
 
-    dtype: Literal["float", "int", "str"] = "float"
+
+class ColumnSpec(_Strict):
+    """Schema of one raw column of a batch: type, range or allowed values, required or not."""
+
+    dtype: Dtype = "float"
     min: float | None = None
     max: float | None = None
+    allowed: list[str | int | bool] | None = None  # the complete set of values (str/category/int)
     required: bool = True
+
+    @model_validator(mode="after")
+    def _range_fits_dtype(self) -> ColumnSpec:
+        if self.dtype in CATEGORICAL_DTYPES | {"bool"} and (
+            self.min is not None or self.max is not None
+        ):
+            raise ValueError(f"min/max apply to numeric columns, not dtype {self.dtype!r}")
+        return self
 
 
 class DataParams(_Strict):
-    source: str = "seattle"
+    """The data contract: what one row is, which columns it has, where batches live."""
+
+    source: str = "seattle"  # a bundled example ("seattle", "flights") or a CSV/Parquet path
     until: str | None = None
-    date_column: str = "date"
+    timestamp_column: str = "timestamp"  # event time; many rows may share one
+    id_column: str | None = None  # unique row key; required when labels arrive separately
+    entity_columns: list[str] = Field(default_factory=list)  # lags/forecasts per entity
+    frequency: str | None = None  # rows at a finer grain than this are refused (D, h, ...)
     raw_dir: str = "data/raw"
+    labels_dir: str = "data/labels"
     quarantine_dir: str = "data/quarantine"
+    monitoring_dir: str = "data/monitoring"
     columns: dict[str, ColumnSpec]
 
     _until_is_date = field_validator("until", mode="before")(lambda v: _iso_date(v, True))
+    _frequency = field_validator("frequency", mode="before")(lambda v: _offset(v, True))
+
+    @model_validator(mode="after")
+    def _keys_are_columns(self) -> DataParams:
+        for name in [*self.entity_columns, *([self.id_column] if self.id_column else [])]:
+            if name not in self.columns:
+                raise ValueError(f"{name!r} (id or entity column) is not in data.columns")
+        if self.timestamp_column in self.columns:
+            raise ValueError(
+                f"timestamp_column {self.timestamp_column!r} is implicit: remove it from columns"
+            )
+        return self
 
     @property
     def required_columns(self) -> list[str]:
         return [name for name, spec in self.columns.items() if spec.required]
 
+    @property
+    def key_columns(self) -> list[str]:
+        """What makes a row unique: the id column, else (timestamp, *entities)."""
+        if self.id_column:
+            return [self.id_column]
+        return [self.timestamp_column, *self.entity_columns]
+
+
+class ForecastTarget(_Strict):
+    """A label derived from a later row of the same entity: `column` `horizon` rows ahead."""
+
+    column: str
+    horizon: int = Field(1, ge=1)
+    above: float | None = None  # label = future value > above
+    rises: bool = False  # label = future value > current value
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ForecastTarget:
+        if (self.above is None) == (not self.rises):
+            raise ValueError("set exactly one of `above` (a threshold) or `rises: true`")
+        return self
+
 
 class TargetParams(_Strict):
+    """The binary label: an explicit column (may arrive later), or a forecast of a later row."""
+
     name: str = "target"
-    column: str
-    horizon: int = Field(1, ge=0)
-    threshold: float = 0.0
+    column: str | None = None  # explicit label column: 0/1, bool, or numeric with above/at_least
+    above: float | None = None  # label = column > above
+    at_least: float | None = None  # label = column >= at_least
+    forecast: ForecastTarget | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TargetParams:
+        if (self.column is None) == (self.forecast is None):
+            raise ValueError("set exactly one of `column` (a label column) or `forecast`")
+        if self.above is not None and self.at_least is not None:
+            raise ValueError("set at most one of `above` and `at_least`")
+        if self.forecast is not None and (self.above is not None or self.at_least is not None):
+            raise ValueError("`above`/`at_least` belong to an explicit `column`; use forecast.above")
+        return self
+
+    @property
+    def source_column(self) -> str:
+        """The raw column the label is computed from."""
+        return self.column if self.column is not None else self.forecast.column  # type: ignore[union-attr]
+
+
+class LabelParams(_Strict):
+    """Ground truth that arrives later, in label batches of its own."""
+
+    join_column: str | None = None  # default: data.id_column
+    time_column: str | None = None  # when the label became known (default: when ingested)
 
 
 class ValidationParams(_Strict):
     min_rows: int = Field(1, ge=1)
     max_rows: int = Field(10_000_000, ge=1)
-    max_null_share: float = Field(0.0, ge=0.0, le=1.0)
+    max_null_share: float = Field(0.0, ge=0.0, le=1.0)  # per required column
+    max_future_skew: str = "1D"  # timestamps later than now + this are refused
+    max_unknown_category_share: float = Field(0.0, ge=0.0, le=1.0)  # unseen categories per column
+    # Mean and median of each numeric column must stay within the accepted data's quantile range
+    # [lower, upper], widened by `margin` x its width (a unit switch must not pass).
+    distribution_check: bool = True
+    distribution_min_history: int = Field(60, ge=1)  # accepted rows needed before checking
+    distribution_quantiles: tuple[float, float] = (0.01, 0.99)
+    distribution_margin: float = Field(0.1, ge=0.0)
+
+    _skew = field_validator("max_future_skew", mode="before")(_timedelta)
+
+    @field_validator("distribution_quantiles")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] < value[1] <= 1.0:
+            raise ValueError("must be two quantiles 0 <= lower < upper <= 1")
+        return value
+
+
+class LagParams(_Strict):
+    columns: list[str] | None = None  # default: features.numerical
+    periods: list[int] = Field(default_factory=list)  # rows back, per entity
+
+    @field_validator("periods")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError("lag periods must be >= 1")
+        return value
+
+
+class RollingParams(_Strict):
+    columns: list[str] | None = None  # default: features.numerical
+    windows: list[str] = Field(default_factory=list)  # time windows per entity, e.g. 7D, 3h
+
+    @field_validator("windows", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return [_timedelta(v) for v in (value or [])]
 
 
 class FeatureParams(_Strict):
-    numeric: list[str]
-    lags: list[int] = Field(default_factory=list)
-    rolling_windows: list[int] = Field(default_factory=list)
-    season: bool = True
+    """Model inputs: raw numerical and categorical columns, plus derived history and calendar."""
+
+    numerical: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    lags: LagParams = LagParams()
+    rolling: RollingParams = RollingParams()
+    calendar: list[Literal["day_of_year", "weekday", "hour", "month"]] = Field(
+        default_factory=list
+    )
 
     @model_validator(mode="after")
-    def _positive_windows(self) -> FeatureParams:
-        if any(v < 1 for v in [*self.lags, *self.rolling_windows]):
-            raise ValueError("lags and rolling_windows must be >= 1")
+    def _some_features(self) -> FeatureParams:
+        if not self.numerical and not self.categorical:
+            raise ValueError("declare at least one of numerical or categorical")
+        overlap = sorted(set(self.numerical) & set(self.categorical))
+        if overlap:
+            raise ValueError(f"columns both numerical and categorical: {overlap}")
         return self
+
+    @property
+    def lag_columns(self) -> list[str]:
+        return list(self.lags.columns if self.lags.columns is not None else self.numerical)
+
+    @property
+    def rolling_columns(self) -> list[str]:
+        return list(self.rolling.columns if self.rolling.columns is not None else self.numerical)
+
+    @property
+    def raw(self) -> list[str]:
+        """The monitored raw feature columns (numerical, then categorical)."""
+        return [*self.numerical, *self.categorical]
 
 
 class TrainParams(_Strict):
@@ -107,18 +275,26 @@ class TrainParams(_Strict):
         "hist_gradient_boosting"
     )
     hyperparams: dict[str, Any] = Field(default_factory=dict)
+    max_categories: int = Field(250, ge=2, le=254)  # rarer categories are grouped
 
 
 Metric = Literal["roc_auc", "f1", "accuracy", "log_loss", "brier"]
 
 
+class EvaluationParams(_Strict):
+    """How candidates are scored: segments to slice metrics by and the decision threshold."""
+
+    segments: list[str] = Field(default_factory=list)  # data columns or season/month/weekday/hour
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)  # probability above which the label is 1
+
+
 class PromoteParams(_Strict):
     primary_metric: Metric = "roc_auc"
     min_delta: float = Field(0.0, ge=0.0)
-    max_segment_drop: float = Field(0.05, ge=0.0)
+    max_segment_drop: float = Field(0.05, ge=0.0)  # applies to every evaluation segment
     floor: float = 0.5
-    segment: str = "season"
     min_holdout_rows: int = Field(21, ge=1)  # holdout rows neither model has trained on
+    min_segment_rows: int = Field(20, ge=1)  # smaller segments are not judged
 
 
 class FeatureDrift(_Strict):
@@ -133,8 +309,12 @@ class MonitorParams(_Strict):
     window_days: int = Field(28, ge=1)  # the newest window of ingested data
     min_rows: int = Field(14, ge=2)  # fewer rows: cannot evaluate
     drift_share: float = Field(0.5, gt=0.0, le=1.0)  # retrain when this share of columns drift
-    method: str = "ks"  # default Evidently stattest for numeric columns
-    threshold: float | None = None  # default stattest threshold (None: Evidently's)
+    method: str = "ks"  # Evidently stattest for numerical columns
+    threshold: float | None = None  # its threshold (None: Evidently's)
+    categorical_method: str = "chisquare"  # Evidently stattest for categorical columns
+    categorical_threshold: float | None = None
+    prediction_method: str = "ks"  # on the predicted probability
+    prediction_threshold: float | None = None
     per_feature: dict[str, FeatureDrift] = Field(default_factory=dict)
     prediction_drift: bool = True
     max_metric_drop: float = Field(0.10, ge=0.0)  # allowed drop of the primary metric vs holdout
@@ -145,10 +325,11 @@ class MonitorParams(_Strict):
     # all of them ("training": a 4-week window always differs from a year of every season).
     reference: Literal["seasonal", "training"] = "seasonal"
     season_margin_days: int = Field(15, ge=0, le=183)  # seasonal: days either side of the window
+    max_rows: int = Field(200_000, ge=1000)  # larger frames are sampled (seeded) for drift
 
 
 class RetrainParams(_Strict):
-    window_days: int | None = Field(365, ge=30)  # train on the most recent N days (None: all)
+    window_days: int | None = Field(365, ge=7)  # train on the most recent N days (None: all)
     schedule_every_days: int = Field(28, ge=1)  # the scheduled-only strategy, for comparison
 
 
@@ -156,8 +337,9 @@ class ReplayParams(_Strict):
     initial_until: str = "2012-04-30"  # the first model sees only these months
     end: str = "2015-12-31"
     step_days: int = Field(7, ge=1)  # a new batch arrives every step
-    holdout_days: int = Field(30, ge=7)  # shorter holdout for the short early history
+    holdout_days: int = Field(30, ge=1)  # shorter holdout for the short early history
     report_dir: str = "reports/replay"
+    title: str = "driftloop replay"
 
     _dates = field_validator("initial_until", "end", mode="before")(_iso_date)
 
@@ -175,22 +357,57 @@ class Params(_Strict):
 
     data: DataParams
     target: TargetParams
+    labels: LabelParams = LabelParams()
     validation: ValidationParams = ValidationParams()
     features: FeatureParams
     train: TrainParams = TrainParams()
+    evaluation: EvaluationParams = EvaluationParams()
     promote: PromoteParams = PromoteParams()
     monitor: MonitorParams = MonitorParams()
     retrain: RetrainParams = RetrainParams()
     replay: ReplayParams = ReplayParams()
 
     @model_validator(mode="after")
-    def _features_exist(self) -> Params:
-        unknown = [c for c in self.features.numeric if c not in self.data.columns]
-        if unknown:
-            raise ValueError(f"features.numeric names columns not in data.columns: {unknown}")
-        if self.target.column not in self.data.columns:
-            raise ValueError(f"target.column {self.target.column!r} is not in data.columns")
+    def _columns_exist(self) -> Params:
+        data, features = self.data, self.features
+        for key, names in (
+            ("features.numerical", features.numerical),
+            ("features.categorical", features.categorical),
+            ("features.lags.columns", features.lag_columns),
+            ("features.rolling.columns", features.rolling_columns),
+        ):
+            unknown = [c for c in names if c not in data.columns]
+            if unknown:
+                raise ValueError(f"{key} names columns not in data.columns: {unknown}")
+        if self.target.source_column not in data.columns:
+            raise ValueError(f"target column {self.target.source_column!r} is not in data.columns")
+        if self.target.source_column in features.raw and self.target.column is not None:
+            raise ValueError(f"target.column {self.target.column!r} cannot also be a feature")
+        for name in features.categorical:
+            if data.columns[name].dtype not in CATEGORICAL_DTYPES | {"bool", "int"}:
+                raise ValueError(f"features.categorical: {name!r} has dtype float")
+        for name in features.numerical:
+            if data.columns[name].dtype in CATEGORICAL_DTYPES:
+                raise ValueError(f"features.numerical: {name!r} has dtype str (categorical?)")
+        unknown_segments = [
+            s for s in self.evaluation.segments if s not in data.columns and s not in DERIVED_SEGMENTS
+        ]
+        if unknown_segments:
+            raise ValueError(
+                f"evaluation.segments names neither columns nor {list(DERIVED_SEGMENTS)}: "
+                f"{unknown_segments}"
+            )
+        if self.target.column is not None and data.columns[self.target.column].required:
+            raise ValueError(
+                f"data.columns.{self.target.column}: a label column arrives later; "
+                "mark it required: false"
+            )
         return self
+
+    @property
+    def join_column(self) -> str | None:
+        """The column label batches are keyed on (labels.join_column, else data.id_column)."""
+        return self.labels.join_column or self.data.id_column
 
 
 def _error_key(err: Any) -> str:
@@ -204,14 +421,17 @@ def parse_params(raw: dict[str, Any], origin: str = PARAMS_FILE) -> Params:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = _error_key(first)
-        raise ConfigError(f"{origin}: key '{key}': {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{origin}: key '{key}': {message}") from None
 
 
 def load_params(path: Path | str | None = None) -> Params:
-    """Load and validate params.yaml (default: the project's)."""
-    file = Path(path) if path is not None else project_root() / PARAMS_FILE
+    """Load and validate a params file (default: $DRIFTLOOP_PARAMS, else the project's)."""
+    file = Path(path) if path is not None else params_path()
     if not file.exists():
         raise ConfigError(f"{file}: params file not found")
+    if file.is_dir():
+        raise ConfigError(f"{file}: is a folder, not a params file")
     try:
         raw = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -233,17 +453,39 @@ def project_root() -> Path:
     return here
 
 
+def params_path(project: Path | None = None) -> Path:
+    """The params file in use: $DRIFTLOOP_PARAMS (relative to the project), else params.yaml."""
+    root = project or project_root()
+    chosen = os.environ.get(PARAMS_ENV)
+    if not chosen:
+        return root / PARAMS_FILE
+    path = Path(chosen)
+    return (path if path.is_absolute() else root / path).resolve()
+
+
 class Settings(BaseSettings):
     """Where things live. Embedded defaults: everything under <project>/.driftloop."""
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
 
     project: Path = Field(default_factory=project_root)
+    params_file: Path | None = Field(default=None, validation_alias="DRIFTLOOP_PARAMS")
     home: Path | None = None
     tracking_uri: str | None = None
     artifact_root: str | None = None
     triggered_by: str = Field(default_factory=lambda: os.environ.get("USER", "cli"))
     mlflow_ui: str = "http://127.0.0.1:5000"
+    # A tracking server that does not answer fails a command within seconds, not minutes.
+    tracking_timeout: float = Field(5.0, gt=0)
+    tracking_retries: int = Field(1, ge=0)
+
+    @property
+    def params(self) -> Path:
+        """The params file of this model (absolute)."""
+        if self.params_file is None:
+            return self.project / PARAMS_FILE
+        path = Path(self.params_file)
+        return (path if path.is_absolute() else self.project / path).resolve()
 
     @property
     def state_dir(self) -> Path:
@@ -302,5 +544,9 @@ def apply_env_defaults(settings: Settings | None = None) -> None:
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # MLflow's HTTP client retries for ~4 minutes by default; bound it (Prefect tasks retry).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.tracking_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(settings.tracking_timeout)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     for noisy in ("great_expectations", "dvc", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
