@@ -31,12 +31,24 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _context() -> tuple[Any, Any]:
-    from driftloop.config import Settings, apply_env_defaults, load_params
+@app.callback()
+def _global(
+    params: str = typer.Option(
+        None,
+        "--params",
+        envvar="DRIFTLOOP_PARAMS",
+        help="The model's params file (default: params.yaml); one per model in a project",
+    ),
+) -> None:
+    """Options for every command."""
+    if params:
+        os.environ["DRIFTLOOP_PARAMS"] = params  # this process and the tools it starts
 
-    settings = Settings()
-    apply_env_defaults(settings)
-    return load_params(settings.project / "params.yaml"), settings
+
+def _context() -> tuple[Any, Any]:
+    from driftloop.config import load_context
+
+    return load_context()
 
 
 def _emit(payload: Any, as_json: bool, text: str | None = None) -> None:
@@ -83,11 +95,11 @@ def ingest(
 @app.command()
 def validate() -> None:
     """Re-check all accepted data with the validation suite (the `validate` DVC stage)."""
-    from driftloop import pipeline
+    from driftloop import ingest as ingest_stage
 
     try:
         params, settings = _context()
-        report = pipeline.validate_dataset(params, settings)
+        report = ingest_stage.validate_dataset(params, settings)
     except DriftloopError as exc:
         _fail(exc)
         return
@@ -102,30 +114,19 @@ def train(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train on accepted data, log to MLflow, register as challenger, run the promotion gate."""
-    from driftloop import pipeline
+    from driftloop import ingest as ingest_stage
+    from driftloop import stages
 
     try:
         params, settings = _context()
-        data = pipeline.training_data(params, settings, window_days=window_days)
-        validation = pipeline.validation_for(params, settings, data.data_md5)
-        trained = pipeline.fit(params, data)
-        candidate = pipeline.log_and_register(params, settings, trained, data, trigger, validation)
-        pipeline.write_train_report(settings, candidate, trained, data.data_md5)
-        result = (
-            None if no_promote else pipeline.promote(params, settings, candidate, data, trigger)
-        )
+        data_md5 = stages.load_training_data(params, settings).data_md5
+        validation = ingest_stage.validation_for(params, settings, data_md5)
+        request = stages.TrainRequest(trigger, window_days, None, not no_promote, validation)
+        outcome = stages.train_and_promote(params, settings, request)
     except DriftloopError as exc:
         _fail(exc)
         return
-    payload = {
-        "version": candidate.version,
-        "run_id": candidate.run_id,
-        "holdout": trained.holdout.metrics,
-        "promoted": bool(result and result.applied),
-        "reason": result.decision.reason if result else "not evaluated (--no-promote)",
-    }
-    verdict = "promoted to champion" if payload["promoted"] else "not promoted"
-    _emit(payload, as_json, f"v{candidate.version} {verdict}: {payload['reason']}")
+    _emit(outcome.to_dict(), as_json, outcome.message)
 
 
 @app.command()
@@ -136,12 +137,12 @@ def promote(
     trigger: str = typer.Option("manual"),
 ) -> None:
     """Run the promotion gate for a registered version (the `promote` DVC stage)."""
-    from driftloop import pipeline, registry
+    from driftloop import registry, stages
 
     try:
         params, settings = _context()
         if version is None:
-            report = settings.path(pipeline.TRAIN_REPORT)
+            report = settings.path(stages.TRAIN_REPORT)
             if not report.exists():
                 raise DriftloopError(
                     f"{report}: not found; run `driftloop train` or pass --version"
@@ -149,8 +150,8 @@ def promote(
             version = str(json.loads(report.read_text())["version"])
         client = registry.connect(settings)
         candidate = registry.get_version(client, params.train.model_name, version)
-        data = pipeline.training_data(params, settings)
-        result = pipeline.promote(params, settings, candidate, data, trigger)
+        data = stages.load_training_data(params, settings)
+        result = stages.promote(params, settings, candidate, data, trigger)
     except DriftloopError as exc:
         _fail(exc)
         return
@@ -160,8 +161,9 @@ def promote(
 
 @app.command()
 def run(
-    source: str = typer.Option(None, help="'seattle' or a batch file (default: params)"),
+    source: str = typer.Option(None, help="A bundled example or a batch file (default: params)"),
     until: str = typer.Option(None, help="Ingest the source up to this date"),
+    labels: str = typer.Option(None, help="A label batch file (default: the source's labels)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The training pipeline as a Prefect flow: ingest, validate, train, register, promote."""
@@ -169,7 +171,7 @@ def run(
         _context()
         from flows.training import training_flow
 
-        summary = training_flow(source=source, until=until)
+        summary = training_flow(source=source, until=until, labels=labels)
     except DriftloopError as exc:
         _fail(exc)
         return
@@ -215,11 +217,11 @@ def rollback(
     ),
 ) -> None:
     """Move `champion` back to a previous version."""
-    from driftloop import pipeline
+    from driftloop import stages
 
     try:
         params, settings = _context()
-        before, after = pipeline.rollback(params, settings, reason, to)
+        before, after = stages.rollback(params, settings, reason, to)
     except DriftloopError as exc:
         _fail(exc)
         return

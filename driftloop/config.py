@@ -520,6 +520,22 @@ class Settings(BaseSettings):
         return (self.project / relative).resolve()
 
 
+def load_context(
+    project: str | Path | None = None,
+    params_file: str | Path | None = None,
+    home: str | Path | None = None,
+    tracking_uri: str | None = None,
+) -> tuple[Params, Settings]:
+    """Settings (explicit values over the environment) and the params file they name."""
+    given = {"project": project, "home": home, "tracking_uri": tracking_uri}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if params_file is not None:
+        overrides["DRIFTLOOP_PARAMS"] = params_file
+    settings = Settings(**overrides)
+    apply_env_defaults(settings)
+    return load_params(settings.params), settings
+
+
 QUIET_OFFLINE_ENV = {
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftloop import datastore, pipeline, registry, versioning
+from driftloop import datastore, jsonio, registry, stages, versioning
 from driftloop.config import Params, Settings
 from driftloop.drift import (
     CannotEvaluate,
@@ -27,12 +26,10 @@ from driftloop.drift import (
     compute_drift,
     decide_retrain,
 )
-from driftloop.features import make_dataset
+from driftloop.features import attach_labels, make_dataset, sort_rows
 from driftloop.training import predict_proba, score
 
-MONITORING_DIR = "data/monitoring"
 PREDICTION = "proba"
-RETRAIN_STATE = "retrain.json"
 
 
 @dataclass(frozen=True)
@@ -50,50 +47,60 @@ class MonitorResult:
 
     def to_dict(self) -> dict[str, Any]:
         perf = self.performance
-        return {
-            "as_of": self.as_of,
-            "window_start": self.window_start,
-            "champion": self.champion,
-            "action": self.decision.action,
-            "reason": self.decision.reason,
-            "drift": self.drift.to_dict() if self.drift else None,
-            "performance": perf.__dict__ if perf else None,
-            "out_dir": str(self.out_dir) if self.out_dir else None,
-            **self.extra,
-        }
+        return jsonio.to_jsonable(
+            {
+                "as_of": self.as_of,
+                "window_start": self.window_start,
+                "champion": self.champion,
+                "action": self.decision.action,
+                "reason": self.decision.reason,
+                "drift": self.drift.to_dict() if self.drift else None,
+                "performance": perf.to_dict() if perf else None,
+                "out_dir": str(self.out_dir) if self.out_dir else None,
+                **self.extra,
+            }
+        )
 
 
-def _history_days(params: Params) -> int:
-    """Rows before a window that its features look back on."""
-    return max([*params.features.lags, *params.features.rolling_windows, 1])
-
-
-def reference_frame(
-    params: Params, settings: Settings, champion: registry.ModelRef
-) -> pd.DataFrame:
-    """The rows the champion was trained on, from its recorded training window."""
-    since = champion.tags.get("driftloop.train_since", "all")
-    until = champion.tags.get("driftloop.train_until")
-    raw_dir = settings.path(params.data.raw_dir)
-    return datastore.load_accepted(
-        raw_dir,
-        params,
-        since=None if since in ("all", "") else dt.date.fromisoformat(since),
-        until=dt.date.fromisoformat(until) if until else None,
+def _history(params: Params) -> pd.Timedelta:
+    """How far before a window its history features look back."""
+    step = pd.Timedelta(params.data.frequency or "1D") if params.data.frequency else pd.Timedelta(
+        days=1
     )
+    lags = max(params.features.lags.periods, default=0) * step
+    windows = [pd.Timedelta(w) for w in params.features.rolling.windows]
+    return max([lags, *windows, pd.Timedelta(0)]) + step
 
 
-def window_frame(params: Params, settings: Settings, as_of: dt.date | None) -> pd.DataFrame:
-    """The newest `window_days` of accepted data up to as_of, plus the history its features need."""
+def reference_frame(params: Params, settings: Settings, champion: registry.ModelRef) -> pd.DataFrame:
+    """The rows the champion was trained on, from its recorded training window."""
+    lineage = champion.lineage
     raw_dir = settings.path(params.data.raw_dir)
-    end = as_of or datastore.last_accepted_date(raw_dir)
-    if end is None:
-        raise CannotEvaluate(f"{raw_dir}: no accepted data to monitor")
-    start = end - dt.timedelta(days=params.monitor.window_days + _history_days(params))
-    return datastore.load_accepted(raw_dir, params, since=start, until=end)
+    return datastore.load_accepted(raw_dir, params, since=lineage.since, until=lineage.until)
 
 
-_REFERENCES: dict[tuple[str, str, str], pd.DataFrame] = {}
+def window_frame(params: Params, settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    """Accepted rows from `start` to `end` plus the history their features need."""
+    raw_dir = settings.path(params.data.raw_dir)
+    return datastore.load_accepted(raw_dir, params, since=start - _history(params), until=end)
+
+
+class ReferenceCache:
+    """The champion's scored training rows per (project, model, version): computed once."""
+
+    def __init__(self) -> None:
+        self._frames: dict[tuple[str, str, str], pd.DataFrame] = {}
+
+    def get(self, key: tuple[str, str, str], compute: Any) -> pd.DataFrame:
+        if key not in self._frames:
+            self._frames[key] = compute()
+        return self._frames[key]
+
+    def clear(self) -> None:
+        self._frames.clear()
+
+
+REFERENCES = ReferenceCache()
 
 
 def scored_reference(
@@ -101,10 +108,10 @@ def scored_reference(
 ) -> pd.DataFrame:
     """The champion's training rows with its predictions (immutable: computed once per process)."""
     key = (str(settings.project), champion.name, champion.version)
-    if key not in _REFERENCES:
-        frame = reference_frame(params, settings, champion)
-        _REFERENCES[key] = score_frame(params, champion, model, frame)
-    return _REFERENCES[key]
+    return REFERENCES.get(
+        key,
+        lambda: score_frame(params, settings, champion, model, reference_frame(params, settings, champion), None),
+    )
 
 
 def seasonal_reference(
@@ -122,10 +129,10 @@ def seasonal_reference(
     since, until = start - margin, end + margin
     if monitor.reference == "training" or (until - since).days >= 365:
         return reference, None
-    dates = pd.to_datetime(reference[params.data.date_column])
+    stamps = pd.to_datetime(reference[params.data.timestamp_column])
     first = _calendar_day(np.array([since.month]), np.array([since.day]))[0]
     last = _calendar_day(np.array([until.month]), np.array([until.day]))[0]
-    day = _calendar_day(dates.dt.month.to_numpy(), dates.dt.day.to_numpy())
+    day = _calendar_day(stamps.dt.month.to_numpy(), stamps.dt.day.to_numpy())
     inside = (day - first) % 366 <= (last - first) % 366
     seasonal = reference[inside].reset_index(drop=True)
     if len(seasonal) >= monitor.min_rows:
@@ -145,35 +152,61 @@ def _calendar_day(month: np.ndarray, day: np.ndarray) -> np.ndarray:
 
 
 def score_frame(
-    params: Params, champion: registry.ModelRef, model: Any, frame: pd.DataFrame
+    params: Params,
+    settings: Settings,
+    champion: registry.ModelRef,
+    model: Any,
+    frame: pd.DataFrame,
+    as_of: pd.Timestamp | None,
 ) -> pd.DataFrame:
-    """Champion predictions for every row, with the label where it has arrived."""
-    own = pipeline.params_of(params, champion)
+    """Champion predictions for every row (sorted), with the label where it has arrived by as_of.
+
+    Rows without a label yet are still scored: they are monitored for data and prediction drift.
+    """
+    own = stages.params_of(params, champion)
+    if own.target.column is not None:
+        labels = datastore.load_labels(settings.path(params.data.labels_dir), params, as_of=as_of)
+        frame = attach_labels(frame, labels, own)
     data = make_dataset(frame, own, labelled_only=False)
     proba = predict_proba(model, data.X)
-    out = frame.sort_values(params.data.date_column).reset_index(drop=True).copy()
-    out["proba"] = proba
-    out["prediction"] = (proba >= 0.5).astype(int)
-    out["label"] = data.y.where(data.y >= 0)
+    out = sort_rows(frame, params.data).copy()
+    out[PREDICTION] = proba
+    out["prediction"] = (proba >= params.evaluation.threshold).astype(int)
+    out["label"] = data.y.where(data.y >= 0).to_numpy()
     return out
 
 
 def performance(
     params: Params, client: Any, champion: registry.ModelRef, scored: pd.DataFrame
 ) -> PerformanceCheck:
-    """The primary metric on labelled window rows against the champion's holdout figure."""
-    metric = params.promote.primary_metric
-    reference = registry.run_metrics(client, champion.run_id).get(f"holdout_{metric}", math.nan)
+    """Metrics on window rows whose label has arrived, against the champion's holdout metrics."""
+    run = registry.run_metrics(client, champion.run_id)
+    reference = {
+        k.removeprefix("holdout_"): v
+        for k, v in run.items()
+        if k.startswith("holdout_") and "/" not in k and k != "holdout_n"
+    }
     labelled = scored[scored["label"].notna()]
-    if labelled.empty:
-        return PerformanceCheck(metric, reference, None, 0)
-    value = score(labelled["label"].to_numpy(dtype=int), labelled["proba"].to_numpy())[metric]
-    return PerformanceCheck(metric, reference, value, len(labelled))
+    current: dict[str, float] = {}
+    if not labelled.empty:
+        y = labelled["label"].to_numpy(dtype=int)
+        current = score(y, labelled[PREDICTION].to_numpy(), params.evaluation.threshold)
+    return PerformanceCheck(
+        metric=params.promote.primary_metric,
+        reference={k: float(v) for k, v in reference.items()},
+        current=current,
+        n_labelled=len(labelled),
+        n_pending=int(scored["label"].isna().sum()),
+    )
 
 
-def last_retrain(settings: Settings) -> dt.date | None:
-    """The data date of the last claimed retrain (for the cooldown)."""
-    path = settings.state_dir / RETRAIN_STATE
+def _retrain_state(settings: Settings, model_name: str) -> Path:
+    return settings.state_dir / f"retrain-{model_name}.json"
+
+
+def last_retrain(settings: Settings, model_name: str = "") -> dt.date | None:
+    """The data date of the model's last claimed retrain (for the cooldown)."""
+    path = _retrain_state(settings, model_name)
     if not path.exists():
         return None
     return dt.date.fromisoformat(json.loads(path.read_text())["as_of"])
@@ -181,22 +214,25 @@ def last_retrain(settings: Settings) -> dt.date | None:
 
 def _last_trained(settings: Settings, champion: registry.ModelRef) -> dt.date | None:
     """The later of the last claimed retrain and the champion's own training end."""
-    until = champion.tags.get("driftloop.train_until")
-    dates = [d for d in (last_retrain(settings), until and dt.date.fromisoformat(until)) if d]
+    until = champion.lineage.until_date
+    dates = [d for d in (last_retrain(settings, champion.name), until) if d]
     return max(dates) if dates else None
 
 
-def claim_retrain(settings: Settings, as_of: dt.date, reason: str, cooldown_days: int) -> bool:
-    """Atomically claim the next retrain: False if one was claimed within the cooldown."""
-    path = settings.state_dir / RETRAIN_STATE
-    with versioning.project_lock(settings.lock_dir, "retrain"):
-        previous = last_retrain(settings)
+def claim_retrain(
+    settings: Settings, as_of: dt.date, reason: str, cooldown_days: int, model_name: str = ""
+) -> bool:
+    """Atomically claim the model's next retrain: False if one was claimed within the cooldown."""
+    path = _retrain_state(settings, model_name)
+    with versioning.project_lock(settings.lock_dir, f"retrain-{model_name}"):
+        previous = last_retrain(settings, model_name)
         if previous is not None and (as_of - previous).days < max(cooldown_days, 1):
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"as_of": as_of.isoformat(), "reason": reason}) + "\n")
     registry.append_audit(
-        settings, {"event": "retrain", "as_of": as_of.isoformat(), "reason": reason}
+        settings,
+        {"event": "retrain", "model": model_name, "as_of": as_of.isoformat(), "reason": reason},
     )
     return True
 
@@ -207,6 +243,15 @@ def _not_evaluable(
     return MonitorResult(
         as_of.isoformat(), start.isoformat(), champion, RetrainDecision("cannot_evaluate", reason)
     )
+
+
+def _window_bounds(end: dt.date, days: int) -> tuple[dt.date, pd.Timestamp, pd.Timestamp]:
+    """The window's first day, and its bounds as (exclusive start, inclusive end) instants."""
+    start = end - dt.timedelta(days=days - 1)
+    after = pd.Timestamp(start) - pd.Timedelta(1, "ns")
+    until = stages.end_of(end)
+    assert until is not None
+    return start, after, until
 
 
 def monitor(
@@ -221,7 +266,7 @@ def monitor(
     if last is None:
         raise CannotEvaluate(f"{raw_dir}: no accepted data to monitor")
     end = as_of or last
-    start = end - dt.timedelta(days=params.monitor.window_days - 1)
+    start, after, until = _window_bounds(end, params.monitor.window_days)
     champion = registry.get_alias(client, params.train.model_name, registry.CHAMPION)
     version = champion.version if champion else None
 
@@ -235,20 +280,20 @@ def monitor(
         return finish(_not_evaluable(end, start, version, reason))
     if champion is None:
         return finish(_not_evaluable(end, start, None, "no champion model to monitor"))
-    frame = window_frame(params, settings, end)
-    date_col = params.data.date_column
-    in_window = pd.to_datetime(frame[date_col]).dt.date >= start
+    frame = window_frame(params, settings, after, until)
+    ts = params.data.timestamp_column
+    in_window = frame[ts] > after
     report = validate_batch(frame[in_window].reset_index(drop=True), params)
     if not report.success:
         reason = f"window fails validation: {report.summary()}"
         return finish(_not_evaluable(end, start, version, reason))
     model = registry.load_model(champion)
-    current = score_frame(params, champion, model, frame)
-    current = current[pd.to_datetime(current[date_col]).dt.date >= start].reset_index(drop=True)
+    current = score_frame(params, settings, champion, model, frame, until)
+    current = current[current[ts] > after].reset_index(drop=True)
     reference, unseen = seasonal_reference(
         scored_reference(params, settings, champion, model), params, start, end
     )
-    out_dir = settings.path(MONITORING_DIR) / end.isoformat()
+    out_dir = settings.path(params.data.monitoring_dir) / end.isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
     current.to_parquet(out_dir / "predictions.parquet", index=False)
     perf = performance(params, client, champion, current)
@@ -259,7 +304,8 @@ def monitor(
             summary = compute_drift(
                 reference,
                 current,
-                list(params.features.numeric),
+                list(params.features.numerical),
+                list(params.features.categorical),
                 params.monitor,
                 prediction_column=PREDICTION if params.monitor.prediction_drift else None,
                 html_path=out_dir / "drift.html" if html else None,
@@ -291,7 +337,7 @@ def monitor(
         out_dir,
         extra={"reference": {"mode": params.monitor.reference, "rows": len(reference)}},
     )
-    (out_dir / "decision.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    jsonio.write_json(out_dir / "decision.json", result.to_dict())
     return finish(result)
 
 
@@ -308,17 +354,19 @@ def log_monitoring(params: Params, settings: Settings, result: MonitorResult) ->
         if result.drift.prediction is not None:
             metrics["drift_prediction"] = result.drift.prediction.score
     perf = result.performance
-    if perf is not None and perf.current is not None:
-        metrics[f"current_{perf.metric}"] = perf.current
+    if perf is not None:
+        metrics.update({f"current_{k}": v for k, v in perf.current.items()})
         metrics["n_labelled"] = float(perf.n_labelled)
+        metrics["n_pending"] = float(perf.n_pending)
     with mlflow.start_run(run_name=f"monitor-{result.as_of}") as run:
-        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
         mlflow.set_tags(
             {
                 "driftloop.as_of": result.as_of,
                 "driftloop.action": result.decision.action,
                 "driftloop.reason": result.decision.reason[:4000],
                 "driftloop.champion": str(result.champion),
+                "driftloop.model": params.train.model_name,
             }
         )
         if result.out_dir is not None:  # the HTML (4 MB) stays in data/monitoring, under DVC
@@ -328,9 +376,9 @@ def log_monitoring(params: Params, settings: Settings, result: MonitorResult) ->
     return str(run.info.run_id)
 
 
-def version_outputs(settings: Settings) -> str:
-    """Version data/monitoring (predictions, Evidently reports, decisions) with DVC."""
-    folder = settings.path(MONITORING_DIR)
+def version_outputs(params: Params, settings: Settings) -> str:
+    """Version the monitoring folder (predictions, Evidently reports, decisions) with DVC."""
+    folder = settings.path(params.data.monitoring_dir)
     if not folder.exists():
         return ""
     with versioning.project_lock(settings.lock_dir, "data"):

@@ -22,12 +22,15 @@ def _fmt(value: float) -> str:
 
 
 def _segment_drops(candidate: Evaluation, champion: Evaluation, policy: PromoteParams) -> list[str]:
-    """Segments where the candidate falls more than max_segment_drop behind the champion."""
+    """Segments (`column/value`) where the candidate falls more than max_segment_drop behind.
+
+    Segments with fewer than `min_segment_rows` rows are not judged: their metric is noise.
+    """
     metric = policy.primary_metric
     drops = []
     for segment, champ in sorted(champion.segments.items()):
         cand = candidate.segments.get(segment)
-        if cand is None:
+        if cand is None or cand.get("n", policy.min_segment_rows) < policy.min_segment_rows:
             continue
         a, b = cand.get(metric, math.nan), champ.get(metric, math.nan)
         if math.isnan(a) or math.isnan(b):
@@ -67,7 +70,7 @@ def decide_promotion(
     if drops:
         return Decision(
             False,
-            f"{metric} gain {gain:+.4f} but {policy.segment} drops > "
+            f"{metric} gain {gain:+.4f} but segments drop > "
             f"{policy.max_segment_drop}: {', '.join(drops)}",
         )
     return Decision(

@@ -20,16 +20,11 @@ import pandas as pd
 
 from driftloop.config import Settings
 from driftloop.errors import RegistryError
+from driftloop.lineage import COMPLETE_TAG, Lineage, Verdict
 from driftloop.versioning import project_lock
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-COMPLETE_TAG = "driftloop.training_complete"
-DATA_TAG = "driftloop.data_md5"
-COMMIT_TAG = "mlflow.source.git.commit"
-PARAMS_TAG = "driftloop.params"
-DECISION_TAG = "driftloop.decision"
-REASON_TAG = "driftloop.reason"
 
 
 @dataclass(frozen=True)
@@ -46,6 +41,16 @@ class ModelRef:
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
+    @property
+    def lineage(self) -> Lineage:
+        """What this version was trained on (read from its tags)."""
+        return Lineage.from_tags(self.tags)  # type: ignore[no-any-return]
+
+    @property
+    def verdict(self) -> Verdict:
+        """The promotion decision recorded on this version."""
+        return Verdict.from_tags(self.tags)  # type: ignore[no-any-return]
+
 
 def _sqlite_path(uri: str) -> Path | None:
     prefix = "sqlite:///"
@@ -53,7 +58,24 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 _READY: set[str] = set()  # stores whose schema this process has already checked
-_MODELS: dict[str, Any] = {}  # registered versions are immutable: load each once per process
+
+
+class ModelCache:
+    """Loaded models by tracking URI and version (registered versions are immutable)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Any] = {}
+
+    def get(self, key: str, load: Any) -> Any:
+        if key not in self._models:
+            self._models[key] = load()
+        return self._models[key]
+
+    def clear(self) -> None:
+        self._models.clear()
+
+
+MODELS = ModelCache()  # the process's cache; tests call MODELS.clear()
 
 
 def connect(settings: Settings) -> Any:
@@ -197,6 +219,7 @@ def log_training_run(
             input_example=example.head(3),
             pip_requirements=pip_requirements(),
             skops_trusted_types=trusted_types(model),
+            pyfunc_predict_fn="predict_proba",  # `mlflow models serve` answers probabilities
         )
         mlflow.set_tag(COMPLETE_TAG, "true")  # last: nothing without it is promoted
     return run.info.run_id, str(info.model_uri)
@@ -249,9 +272,7 @@ def load_model(ref: ModelRef) -> Any:
     import mlflow.sklearn
 
     key = f"{mlflow.get_tracking_uri()}|{ref.uri}"
-    if key not in _MODELS:
-        _MODELS[key] = _call(mlflow.sklearn.load_model, ref.uri)
-    return _MODELS[key]
+    return MODELS.get(key, lambda: _call(mlflow.sklearn.load_model, ref.uri))
 
 
 def run_metrics(client: Any, run_id: str) -> dict[str, float]:

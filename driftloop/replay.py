@@ -8,12 +8,11 @@ flows); this module holds the plain parts: the workspace, the step calendar, the
 from __future__ import annotations
 
 import contextlib
+import html
 import datetime as dt
-import json
-import os
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from driftloop import datastore, pipeline
+from driftloop import datastore, jsonio, stages
 from driftloop.config import Params, Settings
-from driftloop.features import make_dataset
+from driftloop.features import attach_labels, make_dataset
 from driftloop.training import score
-
-ENV_KEYS = ("DRIFTLOOP_PROJECT", "DRIFTLOOP_HOME", "DRIFTLOOP_TRACKING_URI")
 
 
 @dataclass(frozen=True)
@@ -41,6 +38,8 @@ class Step:
     drifted_share: float | None
     retrained: bool
     promoted: bool
+    n_labelled: int = 0
+    n_pending: int = 0
 
 
 def step_dates(params: Params) -> list[dt.date]:
@@ -64,7 +63,7 @@ def workspace_params(params: Params, stamp: str) -> dict[str, Any]:
     raw["monitor"]["experiment"] = f"{params.monitor.experiment}-replay"
     raw["data"]["until"] = params.replay.initial_until
     raw["train"]["holdout_days"] = params.replay.holdout_days
-    raw["monitor"]["html_report"] = "on_action"  # ~190 steps: HTML where the loop acted
+    raw["monitor"]["html_report"] = "on_action"  # hundreds of steps: HTML where the loop acted
     return raw
 
 
@@ -79,53 +78,62 @@ def prepare_workspace(params: Params, settings: Settings, name: str | None = Non
     (root / "params.yaml").write_text(
         yaml.safe_dump(workspace_params(params, stamp), sort_keys=False)
     )
-    with contextlib.closing(Repo.init(str(root))) as repo, repo.config.edit() as conf:
+    with contextlib.redirect_stdout(sys.stderr):  # "Initialized DVC repository." is chatter
+        repo = Repo.init(str(root))
+    with contextlib.closing(repo), repo.config.edit() as conf:
         conf["core"]["analytics"] = False
         conf["core"]["remote"] = "local"
         conf["remote"]["local"] = {"url": str(root / ".driftloop" / "dvc-remote")}
-    return Settings(project=root, home=root / ".driftloop", tracking_uri=settings.mlflow_uri)
+    return Settings(
+        project=root,
+        home=root / ".driftloop",
+        tracking_uri=settings.mlflow_uri,
+        DRIFTLOOP_PARAMS=root / "params.yaml",  # type: ignore[call-arg]
+    )
 
 
-@contextlib.contextmanager
-def workspace_env(ws: Settings) -> Iterator[None]:
-    """Point Settings() at the workspace for the flows run inside (restored afterwards)."""
-    saved = {k: os.environ.get(k) for k in ENV_KEYS}
-    os.environ["DRIFTLOOP_PROJECT"] = str(ws.project)
-    os.environ["DRIFTLOOP_HOME"] = str(ws.state_dir)
-    os.environ["DRIFTLOOP_TRACKING_URI"] = ws.mlflow_uri
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def workspace_args(ws: Settings) -> dict[str, str]:
+    """The flow parameters that point a subflow at the workspace (explicit, no env rewriting)."""
+    return {
+        "project": str(ws.project),
+        "params_file": str(ws.params),
+        "home": str(ws.state_dir),
+        "tracking_uri": ws.mlflow_uri,
+    }
 
 
 # -- predictions of each strategy ---------------------------------------------------------------
 
 
+def all_rows(params: Params, ws: Settings) -> pd.DataFrame:
+    """Every accepted row with every label that ever arrived: what the strategies are judged on."""
+    frame = datastore.load_accepted(ws.path(params.data.raw_dir), params)
+    if params.target.column is not None:
+        labels = datastore.load_labels(ws.path(params.data.labels_dir), params, as_of=None)
+        frame = attach_labels(frame, labels, params)
+    return frame
+
+
 def _features(params: Params, frame: pd.DataFrame) -> pd.DataFrame:
-    """Backward-looking features for every day (same as computing them day by day)."""
+    """Model inputs for every row (backward-looking, same as computing them step by step)."""
     data = make_dataset(frame, params, labelled_only=False)
     out = data.X.copy()
-    out["date"] = data.dates.to_numpy()
-    out["label"] = data.y.where(data.y >= 0).to_numpy()
+    out["__time"] = data.timestamps.to_numpy()
+    out["__label"] = data.y.where(data.y >= 0).to_numpy()
     return out
 
 
-def _assign(dates: pd.Series, starts: list[dt.date]) -> np.ndarray:
-    """Index of the latest start <= each date (which model was live that day)."""
+def _assign(times: pd.Series, starts: list[dt.date]) -> np.ndarray:
+    """Index of the latest start <= each row's day (which model was live then)."""
     edges = np.array([np.datetime64(s) for s in starts])
-    return np.searchsorted(edges, dates.to_numpy().astype("datetime64[D]"), side="right") - 1
+    return np.searchsorted(edges, times.to_numpy().astype("datetime64[D]"), side="right") - 1
 
 
 def predict_with(models: list[Any], starts: list[dt.date], feats: pd.DataFrame) -> np.ndarray:
     """Predicted probability of each row by the model live on that day."""
-    which = _assign(feats["date"], starts)
+    which = _assign(feats["__time"], starts)
     proba = np.full(len(feats), np.nan)
-    columns = [c for c in feats.columns if c not in ("date", "label")]
+    columns = [c for c in feats.columns if not c.startswith("__")]
     for i, model in enumerate(models):
         mask = which == i
         if mask.any():
@@ -138,8 +146,8 @@ def scheduled_models(
 ) -> tuple[list[Any], list[dt.date]]:
     """Retrain every `retrain.schedule_every_days` on the retrain window and always deploy.
 
-    Each model is fitted exactly as a retrain's candidate is (same window, same training part),
-    without the cross-validation and holdout scoring that only the promotion gate reads.
+    Each model is fitted exactly as a retrain's candidate is (same window, labels known then,
+    same training part), without the CV and holdout scoring that only the promotion gate reads.
     """
     first = dt.date.fromisoformat(params.replay.initial_until)
     every = dt.timedelta(days=params.retrain.schedule_every_days)
@@ -149,19 +157,26 @@ def scheduled_models(
     models = []
     for i, start in enumerate(starts):
         window = None if i == 0 else params.retrain.window_days
-        data = pipeline.training_data(params, ws, window_days=window, until=start.isoformat())
-        models.append(pipeline.train_candidate(params, data, cv=False)[0])
+        data = stages.load_training_data(params, ws, window, start.isoformat())
+        split = stages.build_features(params, data)
+        models.append(stages.train(params, split, cv=False).estimator)
     return models, starts
 
 
-def strategy_metrics(frame: pd.DataFrame, proba: np.ndarray) -> dict[str, Any]:
-    """Accuracy and ROC AUC overall and per month over all labelled predictions."""
+def strategy_metrics(
+    frame: pd.DataFrame, proba: np.ndarray, threshold: float = 0.5
+) -> dict[str, Any]:
+    """Accuracy and ROC AUC overall and per month over all labelled predictions.
+
+    `frame` has the row time in its first column and the label (NaN: never arrived) in `label`.
+    """
+    times = frame.iloc[:, 0]
     ok = frame["label"].notna().to_numpy() & ~np.isnan(proba)
     y, p = frame["label"].to_numpy()[ok].astype(int), proba[ok]
-    months = pd.to_datetime(frame["date"]).dt.strftime("%Y-%m").to_numpy()[ok]
-    overall = score(y, p)
+    months = pd.to_datetime(times).dt.strftime("%Y-%m").to_numpy()[ok]
+    overall = score(y, p, threshold)
     monthly = {
-        m: {k: score(y[months == m], p[months == m])[k] for k in ("accuracy", "roc_auc")}
+        m: {k: score(y[months == m], p[months == m], threshold)[k] for k in ("accuracy", "roc_auc")}
         for m in sorted(set(months))
     }
     return {
@@ -175,26 +190,30 @@ def strategy_metrics(frame: pd.DataFrame, proba: np.ndarray) -> dict[str, Any]:
 def compare(
     params: Params, ws: Settings, steps: list[Step], loop_models: dict[str, Any]
 ) -> dict[str, Any]:
-    """Static vs scheduled vs drift-triggered on the same days (after the first model)."""
+    """Static vs scheduled vs drift-triggered on the same rows (after the first model)."""
     first = dt.date.fromisoformat(params.replay.initial_until)
-    frame = datastore.load_accepted(ws.path(params.data.raw_dir), params)
-    feats = _features(params, frame)
-    feats = feats[feats["date"] > pd.Timestamp(first)].reset_index(drop=True)
+    feats = _features(params, all_rows(params, ws))
+    feats = feats[feats["__time"] >= pd.Timestamp(first + dt.timedelta(days=1))]
+    feats = feats.reset_index(drop=True)
     last = dt.date.fromisoformat(steps[-1].as_of) if steps else first
-    static_versions = [steps[0].champion] if steps else []
     # The loop: the champion live when each batch arrived predicts that batch.
     loop_starts = [dt.date.fromisoformat(s.batch_start) for s in steps]
     loop = predict_with([loop_models[str(s.champion)] for s in steps], loop_starts, feats)
-    static = predict_with([loop_models[str(v)] for v in static_versions], [first], feats)
+    static_version = steps[0].champion if steps else None
+    static = predict_with([loop_models[str(static_version)]], [first], feats)
     sched_models, sched_starts = scheduled_models(params, ws, last)
     scheduled = predict_with(sched_models, [d + dt.timedelta(days=1) for d in sched_starts], feats)
-    retrains = sum(s.retrained for s in steps)
+    judged = pd.DataFrame({"time": feats["__time"], "label": feats["__label"]})
+    threshold = params.evaluation.threshold
     return {
-        "static": {**strategy_metrics(feats, static), "retrains": 0},
-        "scheduled": {**strategy_metrics(feats, scheduled), "retrains": len(sched_models) - 1},
+        "static": {**strategy_metrics(judged, static, threshold), "retrains": 0},
+        "scheduled": {
+            **strategy_metrics(judged, scheduled, threshold),
+            "retrains": len(sched_models) - 1,
+        },
         "drift_triggered": {
-            **strategy_metrics(feats, loop),
-            "retrains": retrains,
+            **strategy_metrics(judged, loop, threshold),
+            "retrains": sum(s.retrained for s in steps),
             "promotions": sum(s.promoted for s in steps),
         },
     }
@@ -208,9 +227,9 @@ def write_report(
 ) -> tuple[Path, Path]:
     """reports/replay/report.json and report.html (plots: drift timeline, monthly accuracy)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "comparison": comparison, "timeline": [s.__dict__ for s in steps]}
+    payload = {"meta": meta, "comparison": comparison, "timeline": [asdict(s) for s in steps]}
     json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    jsonio.write_json(json_path, payload)
     html_path = out_dir / "report.html"
     html_path.write_text(_html(steps, comparison, meta))
     return json_path, html_path
@@ -265,21 +284,50 @@ def _html(steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]) -
             row=2,
             col=1,
         )
-    fig.update_layout(height=800, title="driftloop replay: Seattle 2012-2015")
+    title = str(meta.get("title", "driftloop replay"))
+    fig.update_layout(height=800, title=title)
     rows = "".join(
-        f"<tr><td>{name}</td><td>{r['n_predictions']}</td><td>{r['accuracy']:.4f}</td>"
-        f"<td>{r['roc_auc']:.4f}</td><td>{r['retrains']}</td>"
+        f"<tr><td>{name}</td><td>{r['n_predictions']}</td><td>{_num(r['accuracy'])}</td>"
+        f"<td>{_num(r['roc_auc'])}</td><td>{r['retrains']}</td>"
         f"<td>{r.get('promotions', '-')}</td></tr>"
         for name, r in comparison.items()
     )
     table = (
-        "<table border=1 cellpadding=4><tr><th>strategy</th><th>predictions</th><th>accuracy</th>"
+        "<table><tr><th>strategy</th><th>predictions judged</th><th>accuracy</th>"
         f"<th>ROC AUC</th><th>retrains</th><th>promotions</th></tr>{rows}</table>"
     )
-    notes = "".join(f"<li>{k}: {v}</li>" for k, v in meta.items())
+    notes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in meta.items())
     return (
-        "<html><head><meta charset='utf-8'><title>driftloop replay</title></head><body>"
-        f"<h1>driftloop replay</h1><ul>{notes}</ul>{table}"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p class='verdict'>{html.escape(_verdict(comparison))}</p>"
+        f"{table}"
         + fig.to_html(full_html=False, include_plotlyjs=True)
-        + "</body></html>"
+        + f"<h2>Run</h2><ul>{notes}</ul></body></html>"
+    )
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;"
+    "text-align:right}td:first-child,th:first-child{text-align:left}"
+    ".verdict{font-size:1.2em;background:#f3f6fa;padding:.6em 1em;border-left:4px solid #36c}"
+)
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
+def _verdict(comparison: dict[str, Any]) -> str:
+    """One sentence: which strategy predicted best, and at how many retrains."""
+    ranked = sorted(
+        comparison.items(),
+        key=lambda item: -(item[1]["roc_auc"] if item[1]["roc_auc"] == item[1]["roc_auc"] else 0),
+    )
+    best, result = ranked[0]
+    others = ", ".join(f"{n} {_num(r['roc_auc'])}" for n, r in ranked[1:])
+    return (
+        f"Best ROC AUC: {best.replace('_', '-')} {_num(result['roc_auc'])} with "
+        f"{result['retrains']} retrains (vs {others})."
     )

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from flows.training import context, train_and_promote
+from driftloop import stages
+from flows.training import context
 from tasks import monitoring as m
 from tasks import training as t
 
@@ -15,14 +16,21 @@ RETRAIN_DEPLOYMENT = "retrain/retrain"
 
 @flow(name="retrain", log_prints=True)
 def retrain_flow(
-    reason: str = "manual", until: str | None = None, window_days: int | None = None
+    reason: str = "manual",
+    until: str | None = None,
+    window_days: int | None = None,
+    project: str | None = None,
+    params_file: str | None = None,
+    home: str | None = None,
+    tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Validate accepted data, then train on the retrain window and run the promotion gate."""
-    params, settings = context()
+    params, settings = context(project, params_file, home, tracking_uri)
     t.version_data(params, settings)
     validation = t.validate(params, settings)
     days = window_days if window_days is not None else params.retrain.window_days
-    return train_and_promote(params, settings, validation, f"retrain: {reason}", days, until)
+    request = stages.TrainRequest(f"retrain: {reason}", days, until, validation=validation)
+    return stages.train_and_promote(params, settings, request, t.STEPS).to_dict()
 
 
 @flow(name="monitor", log_prints=True)
@@ -31,12 +39,22 @@ def monitor_flow(
     retrain: Literal["deployment", "subflow", "off"] = "deployment",
     wait: bool = False,
     version: bool = True,
+    project: str | None = None,
+    params_file: str | None = None,
+    home: str | None = None,
+    tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Drift and performance of the champion on the newest window; retrain when decided."""
-    params, settings = context()
+    params, settings = context(project, params_file, home, tracking_uri)
+    where = {  # the retrain runs on exactly this project and model, whoever starts it
+        "project": str(settings.project),
+        "params_file": str(settings.params),
+        "home": str(settings.state_dir),
+        "tracking_uri": settings.mlflow_uri,
+    }
     result = m.monitor(params, settings, as_of)
     if version:
-        m.version_outputs(settings)
+        m.version_outputs(params, settings)
     summary = result.to_dict()
     if result.decision.action == "cannot_evaluate":
         m.alert(result)
@@ -44,8 +62,10 @@ def monitor_flow(
         if not m.claim_retrain(params, settings, result):
             summary["retrain"] = "already claimed within the cooldown"
         elif retrain == "subflow":
-            summary["retrain"] = retrain_flow(reason=result.decision.reason, until=result.as_of)
+            summary["retrain"] = retrain_flow(
+                reason=result.decision.reason, until=result.as_of, **where
+            )
         else:
-            parameters = {"reason": result.decision.reason, "until": result.as_of}
+            parameters = {"reason": result.decision.reason, "until": result.as_of, **where}
             summary["retrain"] = m.start_retrain(RETRAIN_DEPLOYMENT, parameters, wait)
     return summary

@@ -6,41 +6,19 @@ from typing import Any
 
 from prefect import flow
 
-from driftloop import pipeline
-from driftloop.config import Params, Settings, apply_env_defaults, load_params
+from driftloop import stages
+from driftloop.config import Params, Settings, load_context
 from tasks import training as t
 
 
-def context() -> tuple[Params, Settings]:
-    """Settings from the environment and the project's params.yaml (read once per flow run)."""
-    settings = Settings()
-    apply_env_defaults(settings)
-    return load_params(settings.project / "params.yaml"), settings
-
-
-def train_and_promote(
-    params: Params,
-    settings: Settings,
-    validation: dict[str, Any],
-    trigger: str,
-    window_days: int | None,
-    until: str | None = None,
-) -> dict[str, Any]:
-    """train -> evaluate -> register -> promote, shared by the training and retrain flows."""
-    data = t.load_training_data(params, settings, window_days, until)
-    trained = t.evaluate(params, t.train(params, data), data)
-    candidate = t.register(params, settings, trained, data, trigger, validation)
-    result = t.promote(params, settings, candidate, data, trigger)
-    verdict = "promoted to champion" if result.applied else "not promoted"
-    return {
-        "message": f"v{candidate.version} {verdict}: {result.decision.reason}",
-        "version": candidate.version,
-        "run_id": candidate.run_id,
-        "promoted": result.applied,
-        "reason": result.decision.reason,
-        "data_md5": data.data_md5,
-        "holdout": trained.holdout.metrics,
-    }
+def context(
+    project: str | None = None,
+    params_file: str | None = None,
+    home: str | None = None,
+    tracking_uri: str | None = None,
+) -> tuple[Params, Settings]:
+    """Params and settings of the flow run: explicit parameters, else the environment."""
+    return load_context(project, params_file, home, tracking_uri)
 
 
 @flow(name="training", log_prints=True)
@@ -50,16 +28,25 @@ def training_flow(
     trigger: str = "manual",
     window_days: int | None = None,
     force: bool = False,
+    labels: str | None = None,
+    project: str | None = None,
+    params_file: str | None = None,
+    home: str | None = None,
+    tracking_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Ingest the next batch, then train, evaluate and promote on all accepted data."""
-    params, settings = context()
+    """Ingest the next batch (and labels), validate, then train and promote on accepted data."""
+    params, settings = context(project, params_file, home, tracking_uri)
     batch = t.ingest(params, settings, source, until or params.data.until)
+    if params.target.column is not None:
+        t.ingest_labels(params, settings, labels or source, until or params.data.until)
     validation = t.validate(params, settings)
-    if not force and (version := pipeline.already_trained(params, settings, batch.data_md5)):
+    if not force and (version := stages.already_trained(params, settings, batch.data_md5)):
         return {
             "message": f"v{version} is already trained on data {batch.data_md5} with these "
             "params; nothing to do (force=True retrains)",
             "version": version,
             "promoted": False,
+            "reason": "already trained",
         }
-    return train_and_promote(params, settings, validation, trigger, window_days)
+    request = stages.TrainRequest(trigger, window_days, until, validation=validation)
+    return stages.train_and_promote(params, settings, request, t.STEPS).to_dict()

@@ -38,6 +38,9 @@ def _markdown(result: MonitorResult) -> str:
             f"| {c.column} | {c.method} | {c.score:.4g} | {c.threshold:.4g} | {c.drifted} |"
             for c in cols
         ]
+    perf = result.performance
+    if perf is not None:
+        lines += ["", f"Labelled rows: {perf.n_labelled}; labels pending: {perf.n_pending}"]
     if result.out_dir is not None and (result.out_dir / "drift.html").exists():
         lines += ["", f"Evidently report: [drift.html]({(result.out_dir / 'drift.html').as_uri()})"]
     return "\n".join(lines)
@@ -55,9 +58,9 @@ def monitor(params: Params, settings: Settings, as_of: str | None) -> MonitorRes
 
 
 @task(name="version-outputs", cache_policy=NONE)
-def version_outputs(settings: Settings) -> str:
+def version_outputs(params: Params, settings: Settings) -> str:
     """DVC-version the predictions and reports of monitoring."""
-    return monitoring.version_outputs(settings)
+    return monitoring.version_outputs(params, settings)
 
 
 @task(name="claim-retrain", cache_policy=NONE)
@@ -68,6 +71,7 @@ def claim_retrain(params: Params, settings: Settings, result: MonitorResult) -> 
         dt.date.fromisoformat(result.as_of),
         result.decision.reason,
         params.monitor.cooldown_days,
+        params.train.model_name,
     )
 
 
@@ -86,7 +90,7 @@ def start_retrain(deployment: str, parameters: dict[str, Any], wait: bool) -> st
 @task(name="alert", cache_policy=NONE)
 def alert(result: MonitorResult) -> None:
     """Cannot evaluate: never a silent 'no drift'. Logged, published, and emitted as an event."""
-    get_run_logger().error("monitoring cannot evaluate: %s", result.decision.reason)
+    get_run_logger().warning("monitoring cannot evaluate: %s", result.decision.reason)
     create_markdown_artifact(
         key="alert",
         markdown=f"### ALERT: cannot evaluate\n\n{result.decision.reason}",

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from driftloop import monitoring, pipeline, registry, replay
+from driftloop import ingest, monitoring, registry, replay
 from driftloop.config import Params, Settings
 
 T = TypeVar("T")
@@ -30,16 +30,23 @@ def champion_version(params: Params, ws: Settings) -> str | None:
 
 
 @task(name="ingest-step", cache_policy=NONE)
-def ingest_step(params: Params, ws: Settings, until: str) -> pipeline.IngestResult:
-    """The batch that arrived by `until`, through the same gate (versioned before each retrain)."""
-    raw = pipeline.read_next_batch(params, ws, "seattle", until)
-    return pipeline.ingest(params, ws, raw, version=False)
+def ingest_step(params: Params, ws: Settings, source: str, until: str) -> ingest.IngestResult:
+    """The batch (and labels) that arrived by `until`, through the same gates.
+
+    Versioned in bulk before each retrain and at the end, not at every step.
+    """
+    result = ingest.ingest(params, ws, ingest.read_next_batch(params, ws, source, until), version=False)
+    if params.target.column is not None:
+        labels = ingest.read_next_labels(params, ws, source, until)
+        ingest.ingest_labels(params, ws, labels, version=False)
+    return result
 
 
 def to_step(outcome: dict[str, Any], batch_start: Any, champion: str | None) -> replay.Step:
     """One timeline entry from a monitoring flow's summary."""
     retrain = outcome.get("retrain")
     drift = outcome.get("drift") or {}
+    perf = outcome.get("performance") or {}
     return replay.Step(
         as_of=outcome["as_of"],
         batch_start=batch_start.isoformat(),
@@ -49,14 +56,16 @@ def to_step(outcome: dict[str, Any], batch_start: Any, champion: str | None) -> 
         drifted_share=drift.get("drifted_share"),
         retrained=isinstance(retrain, dict),
         promoted=bool(isinstance(retrain, dict) and retrain.get("promoted")),
+        n_labelled=int(perf.get("n_labelled") or 0),
+        n_pending=int(perf.get("n_pending") or 0),
     )
 
 
 @task(name="push-data", cache_policy=NONE)
 def push(ws: Settings, params: Params) -> str:
     """Version accepted data and monitoring outputs (one DVC push for the whole replay)."""
-    monitoring.version_outputs(ws)
-    return pipeline.version_data(params, ws)
+    monitoring.version_outputs(params, ws)
+    return ingest.version_data(params, ws)
 
 
 @task(name="compare-strategies", cache_policy=NONE)

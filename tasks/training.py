@@ -1,4 +1,5 @@
-"""Tasks of the training pipeline. Each calls one core function and publishes an artifact."""
+"""Prefect tasks of the training pipeline: each wraps one stage function, adds retries where a
+failure is transient, and publishes an artifact. No ML logic here."""
 
 from __future__ import annotations
 
@@ -8,21 +9,22 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from driftloop import pipeline
+from driftloop import ingest as ingest_stage
+from driftloop import stages
 from driftloop.config import Params, Settings
-from driftloop.pipeline import IngestResult, PromotionResult, TrainingData
 from driftloop.registry import ModelRef
-from driftloop.training import Evaluation, TrainedModel
+from driftloop.stages import Fitted, PromotionResult, Split, TrainingData
+from driftloop.training import TrainedModel
 from tasks.common import REGISTRY_RETRIES, table
 
 
 @task(name="ingest", cache_policy=NONE)
 def ingest(
     params: Params, settings: Settings, source: str | None, until: str | None
-) -> IngestResult:
+) -> ingest_stage.IngestResult:
     """Read the next batch and gate it (no retry: bad data stays bad)."""
-    raw = pipeline.read_next_batch(params, settings, source, until)
-    result = pipeline.ingest(params, settings, raw)
+    raw = ingest_stage.read_next_batch(params, settings, source, until)
+    result = ingest_stage.ingest(params, settings, raw)
     create_markdown_artifact(
         key="ingest",
         markdown=(
@@ -36,16 +38,25 @@ def ingest(
     return result
 
 
+@task(name="ingest-labels", cache_policy=NONE)
+def ingest_labels(
+    params: Params, settings: Settings, source: str | None, until: str | None
+) -> ingest_stage.IngestResult:
+    """Read the labels that arrived and gate them like a data batch."""
+    raw = ingest_stage.read_next_labels(params, settings, source, until)
+    return ingest_stage.ingest_labels(params, settings, raw)
+
+
 @task(name="version-data", cache_policy=NONE)
 def version_data(params: Params, settings: Settings) -> str:
     """Make sure every accepted batch is versioned with DVC before training on it."""
-    return pipeline.version_data(params, settings)
+    return ingest_stage.version_data(params, settings)
 
 
 @task(name="validate", cache_policy=NONE)
 def validate(params: Params, settings: Settings) -> dict[str, Any]:
     """Great Expectations over all accepted data; fails the flow (no retry) on any failure."""
-    report = pipeline.validate_dataset(params, settings)
+    report = ingest_stage.validate_dataset(params, settings)
     failed = [
         f"- {o['expectation']}({o['column']})" for o in report["outcomes"] if not o["success"]
     ]
@@ -64,29 +75,33 @@ def load_training_data(
     params: Params, settings: Settings, window_days: int | None, until: str | None = None
 ) -> TrainingData:
     """Accepted rows to train on (the retrain window policy applies here)."""
-    return pipeline.training_data(params, settings, window_days=window_days, until=until)
+    return stages.load_training_data(params, settings, window_days, until)
+
+
+@task(name="build-features", cache_policy=NONE)
+def build_features(params: Params, data: TrainingData) -> Split:
+    """The feature step and the time-ordered holdout split."""
+    return stages.build_features(params, data)
 
 
 @task(name="train", cache_policy=NONE)
-def train(params: Params, data: TrainingData) -> tuple[Any, dict[str, float], int]:
+def train(params: Params, split: Split) -> Fitted:
     """Time-series CV and fit."""
-    return pipeline.train_candidate(params, data)
+    return stages.train(params, split)
 
 
 @task(name="evaluate", cache_policy=NONE)
-def evaluate(
-    params: Params, fitted: tuple[Any, dict[str, float], int], data: TrainingData
-) -> TrainedModel:
+def evaluate(params: Params, fitted: Fitted, split: Split) -> TrainedModel:
     """Holdout metrics overall and per segment; a metrics table artifact."""
-    estimator, cv, n_train = fitted
-    holdout: Evaluation = pipeline.evaluate_candidate(params, estimator, data)
+    trained = stages.evaluate_fitted(params, fitted, split)
+    holdout = trained.holdout
     create_table_artifact(
         key="metrics",
         table=table({"holdout": holdout.metrics, **holdout.segments}),
         description=f"Holdout metrics ({holdout.n_rows} rows); CV: "
-        + ", ".join(f"{k}={v:.3f}" for k, v in cv.items()),
+        + ", ".join(f"{k}={v:.3f}" for k, v in fitted.cv.items()),
     )
-    return TrainedModel(estimator, cv, holdout, n_train, list(estimator.feature_names_in_))
+    return trained
 
 
 @task(name="register", cache_policy=NONE, **REGISTRY_RETRIES)
@@ -99,9 +114,7 @@ def register(
     validation: dict[str, Any] | None,
 ) -> ModelRef:
     """Log the run to MLflow and register it as `challenger` (retried if the store is down)."""
-    candidate = pipeline.log_and_register(params, settings, trained, data, trigger, validation)
-    pipeline.write_train_report(settings, candidate, trained, data.data_md5)
-    return candidate
+    return stages.register(params, settings, trained, data, trigger, validation)
 
 
 @task(name="promote", cache_policy=NONE, **REGISTRY_RETRIES)
@@ -109,18 +122,25 @@ def promote(
     params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, trigger: str
 ) -> PromotionResult:
     """The promotion gate (compare-and-set); a markdown artifact with the decision."""
-    result = pipeline.promote(params, settings, candidate, data, trigger)
+    result = stages.promote(params, settings, candidate, data, trigger)
     verdict = "PROMOTED to champion" if result.applied else "not promoted"
     metric = params.promote.primary_metric
     champ = result.champion_eval.metrics.get(metric) if result.champion_eval else None
+    cand = result.candidate_eval.metrics.get(metric)
     link = f"{settings.mlflow_ui}/#/experiments/0/runs/{candidate.run_id}"
     create_markdown_artifact(
         key="promotion",
         markdown=f"### v{candidate.version}: {verdict}\n\n{result.decision.reason}\n\n"
-        f"| | {metric} |\n|---|---|\n| candidate v{candidate.version} | "
-        f"{result.candidate_eval.metrics.get(metric, float('nan')):.4f} |\n"
-        f"| champion v{result.champion_before} | {champ if champ is None else f'{champ:.4f}'} |\n\n"
+        f"| | {metric} |\n|---|---|\n| candidate v{candidate.version} | {_fmt(cand)} |\n"
+        f"| champion v{result.champion_before} | {_fmt(champ)} |\n\n"
         f"MLflow run: [{candidate.run_id}]({link})",
         description="Promotion decision",
     )
     return result
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"
+
+
+STEPS = stages.Steps(load_training_data, build_features, train, evaluate, register, promote)
