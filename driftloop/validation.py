@@ -1,4 +1,11 @@
-"""The Great Expectations gate: a suite built from params, a typed report, and quarantine.
+"""The Great Expectations gate: suites built from params, a typed report, and quarantine.
+
+Two suites: one for data batches (`validate_batch`), one for label batches (`validate_labels`).
+Rules that compare a batch with accepted data (keys already accepted, unseen categories,
+distribution) read a `History`, a small profile built once from accepted data by
+`build_history`. Lookups GE cannot do (is this key already accepted? is this timestamp finer
+than the frequency?) are computed here in pandas as derived columns, named `<rule>:<column>`,
+that hold the offending value or null; the verdict stays with GE (expect ... to be null).
 
 great_expectations is imported inside functions only (its import takes seconds). Its results
 are parsed here, once, into `ValidationReport`; nothing else reads GE result objects.
@@ -12,7 +19,10 @@ import logging
 import math
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -20,25 +30,34 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from driftloop.config import ColumnSpec, Params
-from driftloop.errors import IngestError
-from driftloop.sources import read_batch_file
+from driftloop.config import CATEGORICAL_DTYPES, ColumnSpec, Params
+from driftloop.datastore import as_ns, label_columns
 
 SUITE_NAME = "driftloop_batch"
+LABEL_SUITE_NAME = "driftloop_labels"
 MAX_EXAMPLES = 5  # unexpected values kept per expectation in the report
 RESERVED_NAMES = {"validation.json", "docs", "batch.csv"}
 COLUMN_EXISTS = "expect_column_to_exist"
 
 _INT_TYPES = ["int", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8"]
-_INT_TYPES += ["Int64Dtype", "Int32Dtype"]
+_INT_TYPES += ["Int64Dtype", "Int32Dtype", "Int16Dtype", "Int8Dtype"]
 _FLOAT_TYPES = ["float", "float64", "float32", "float16", "Float64Dtype", "Float32Dtype"]
-# Whole numbers in a CSV read as int64, so a float column accepts integer types too.
+_STR_TYPES = ["str", "string", "StringDtype"]
+_CATEGORY_TYPES = ["category", "CategoricalDtype", "CategoricalDtypeType"]
+# Whole numbers in a CSV read as int64, so a float column accepts integer types too; a category
+# column read from a CSV is text, and a str column written as a pandas category is still text.
 TYPE_LISTS = {
     "float": _FLOAT_TYPES + _INT_TYPES,
     "int": _INT_TYPES,
-    "str": ["str", "string", "StringDtype"],
+    "str": _STR_TYPES + _CATEGORY_TYPES,
+    "category": _CATEGORY_TYPES + _STR_TYPES,
+    "bool": ["bool", "boolean", "BooleanDtype"],
 }
+NUMERIC_DTYPES = frozenset({"float", "int"})
 DATE_TYPES = ["datetime64", "datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"]
+
+
+# -- the report ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,15 @@ class ExpectationOutcome:
         return f"{self.expectation}({self.column})" if self.column else self.expectation
 
 
+@dataclass(frozen=True, eq=False)
+class Gate:
+    """What a suite ran on: the checked frame (derived columns included) and its expectations."""
+
+    suite: str
+    frame: pd.DataFrame
+    expectations: Callable[[], list[Any]]
+
+
 @dataclass(frozen=True)
 class ValidationReport:
     """The gate's verdict on one batch, free of GE objects."""
@@ -66,9 +94,9 @@ class ValidationReport:
     failed: int
     outcomes: tuple[ExpectationOutcome, ...]
     read_error: str | None = None
-    # The gate's inputs, so quarantine can render the same suite's Data Docs; not serialised.
-    params: Params | None = field(default=None, repr=False, compare=False)
-    after: dt.date | None = field(default=None, repr=False, compare=False)
+    suite: str = SUITE_NAME
+    # The suite and frame, so quarantine can render the same suite's Data Docs; not serialised.
+    gate: Gate | None = field(default=None, repr=False, compare=False)
 
     @property
     def failures(self) -> tuple[ExpectationOutcome, ...]:
@@ -97,6 +125,7 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict whose content depends only on the data and the params."""
         return {
+            "suite": self.suite,
             "success": self.success,
             "evaluated": self.evaluated,
             "failed": self.failed,
@@ -105,84 +134,402 @@ class ValidationReport:
         }
 
 
-def validate_batch(
-    frame: pd.DataFrame,
-    params: Params,
-    *,
-    after: dt.date | None = None,
-    read_error: str | None = None,
-    docs_dir: Path | None = None,
-) -> ValidationReport:
-    """Run the params-built suite on a batch; with docs_dir, also write GE Data Docs there.
+# -- what accepted data looks like ------------------------------------------------------------
 
-    Args:
-        frame: the batch as read (dates parsed; an empty frame when the file was unreadable).
-        params: data.columns, data.date_column and validation bounds build the suite.
-        after: the last accepted date; every date of the batch must be later.
-        read_error: why the file could not be parsed; the report then fails and carries it.
-        docs_dir: where to write the Data Docs site (index.html at its top); None skips docs.
+
+def _empty_keys() -> pd.Index:
+    return pd.Index(np.array([], dtype="uint64"))
+
+
+@dataclass(frozen=True, eq=False)
+class History:
+    """A profile of accepted data, for the rules that compare a batch with it.
+
+    Attributes:
+        rows: accepted rows.
+        keys: hashes of the accepted row keys (`data.key_columns`), see `key_hashes`.
+        categories: values seen per categorical feature column without `allowed`.
+        quantiles: (lower, upper) `validation.distribution_quantiles` per numeric column.
     """
-    expectations = build_expectations(frame, params, after)
-    if docs_dir is None:
-        result, ids = _run_ephemeral(frame, expectations)
-    else:
-        result, ids = _run_with_docs(frame, expectations, docs_dir)
-    report = _report(result, ids, read_error)
-    return replace(report, params=params, after=after)
+
+    rows: int = 0
+    keys: pd.Index = field(default_factory=_empty_keys)
+    categories: Mapping[str, frozenset[Any]] = field(default_factory=dict)
+    quantiles: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
-def build_expectations(frame: pd.DataFrame, params: Params, after: dt.date | None) -> list[Any]:
-    """GE expectations for a batch: row count, the date column, then each declared column."""
+def key_hashes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """A 64-bit hash per row of its key columns (timestamps as datetime64[ns])."""
+    keys = frame[columns]
+    times = [c for c in columns if pd.api.types.is_datetime64_any_dtype(keys[c])]
+    if times:
+        keys = keys.assign(**{c: as_ns(keys[c]) for c in times})
+    return pd.util.hash_pandas_object(keys, index=False).to_numpy()
+
+
+def category_columns(params: Params) -> list[str]:
+    """Categorical feature columns (str/category) without `allowed`: unseen values are limited."""
+    columns = params.data.columns
+    return [
+        name
+        for name in params.features.categorical
+        if columns[name].dtype in CATEGORICAL_DTYPES and columns[name].allowed is None
+    ]
+
+
+def numeric_columns(params: Params) -> list[str]:
+    """float/int columns that are neither the id nor an entity: their distribution is checked."""
+    data = params.data
+    keys = {data.id_column, *data.entity_columns}
+    return [n for n, s in data.columns.items() if s.dtype in NUMERIC_DTYPES and n not in keys]
+
+
+def build_history(accepted: pd.DataFrame | None, params: Params) -> History:
+    """Profile accepted data once: rows, key hashes, seen categories, quantiles."""
+    if accepted is None or accepted.empty:
+        return History()
+    keys = params.data.key_columns
+    low, high = params.validation.distribution_quantiles
+    quantiles: dict[str, tuple[float, float]] = {}
+    for name in numeric_columns(params):
+        values = accepted.get(name)
+        if values is not None and pd.api.types.is_numeric_dtype(values) and values.notna().any():
+            quantiles[name] = (float(values.quantile(low)), float(values.quantile(high)))
+    categories = {
+        name: frozenset(accepted[name].dropna().unique())
+        for name in category_columns(params)
+        if name in accepted.columns
+    }
+    known = pd.Index(key_hashes(accepted, keys)) if set(keys) <= set(accepted.columns) else None
+    return History(
+        len(accepted), known if known is not None else _empty_keys(), categories, quantiles
+    )
+
+
+def distribution_bounds(quantiles: tuple[float, float], margin: float) -> tuple[float, float]:
+    """The accepted quantile range widened by `margin` x its width on both sides."""
+    low, high = quantiles
+    width = high - low
+    return low - margin * width, high + margin * width
+
+
+@dataclass(frozen=True, eq=False)
+class LabelHistory:
+    """What a label batch is checked against: the ids in accepted data and the accepted labels."""
+
+    known_ids: pd.Index
+    labels: pd.Series  # the accepted label per join value (unique index)
+
+
+def build_label_history(
+    accepted: pd.DataFrame | None, labels: pd.DataFrame, params: Params
+) -> LabelHistory:
+    """Known ids from accepted data and accepted labels (as `datastore.load_labels` returns)."""
+    join, label = label_columns(params)
+    known = (
+        pd.Index(accepted[join].dropna().unique())
+        if accepted is not None and join in accepted.columns
+        else pd.Index([])
+    )
+    return LabelHistory(known, labels.set_index(join)[label])
+
+
+# -- derived columns (pandas lookups, judged by GE) ---------------------------------------------
+
+
+def already_accepted_column(params: Params) -> str:
+    return "already_accepted:" + "+".join(params.data.key_columns)
+
+
+def off_frequency_column(params: Params) -> str:
+    return f"finer_than_{params.data.frequency}:{params.data.timestamp_column}"
+
+
+def unknown_id_column(join: str) -> str:
+    return f"unknown_id:{join}"
+
+
+def conflicting_label_column(join: str) -> str:
+    return f"conflicting_label:{join}"
+
+
+def _flagged(frame: pd.DataFrame, mask: np.ndarray | pd.Series, columns: list[str]) -> pd.Series:
+    """The key of each flagged row as text, null elsewhere."""
+    out = pd.Series(None, index=frame.index, dtype=object)
+    flagged = np.asarray(mask, dtype=bool)
+    if flagged.any():
+        picked = frame.loc[flagged, columns].astype(str)
+        out.loc[flagged] = picked.agg(", ".join, axis=1).to_numpy()
+    return out
+
+
+def off_frequency(times: pd.Series, frequency: str) -> np.ndarray:
+    """Which timestamps are finer than the frequency (not on its grid); NaT is not flagged."""
+    try:
+        aligned = times.dt.floor(frequency) == times
+    except ValueError:  # calendar frequencies (MS, W-SUN...) have no fixed length
+        offset = pd.tseries.frequencies.to_offset(frequency)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rolled = times + offset - offset
+        aligned = (rolled == times) & (times.dt.normalize() == times)
+    return np.asarray(times.notna() & ~aligned, dtype=bool)
+
+
+def prepare_batch(frame: pd.DataFrame, params: Params, history: History | None) -> pd.DataFrame:
+    """The batch with its timestamps as datetime64[ns] and the derived columns the suite needs."""
+    data = params.data
+    column = data.timestamp_column
+    if column not in frame.columns or not pd.api.types.is_datetime64_any_dtype(frame[column]):
+        return frame  # the type expectation fails; nothing to derive from
+    frame = frame.assign(**{column: as_ns(frame[column])})
+    derived: dict[str, pd.Series] = {}
+    if data.frequency:
+        mask = off_frequency(frame[column], data.frequency)
+        derived[off_frequency_column(params)] = _flagged(frame, mask, [column])
+    if history is not None and set(data.key_columns) <= set(frame.columns):
+        seen = pd.Index(key_hashes(frame, data.key_columns)).isin(history.keys)
+        derived[already_accepted_column(params)] = _flagged(frame, seen, data.key_columns)
+    return frame.assign(**derived)
+
+
+def prepare_labels(
+    frame: pd.DataFrame, params: Params, history: LabelHistory | None
+) -> pd.DataFrame:
+    """The label batch with derived columns: ids not in accepted data, conflicting labels."""
+    join, label = label_columns(params)
+    if history is None or join not in frame.columns:
+        return frame
+    ids = frame[join]
+    unknown = ids.notna() & ~ids.isin(history.known_ids)
+    derived = {unknown_id_column(join): _flagged(frame, unknown, [join])}
+    if label in frame.columns:
+        derived[conflicting_label_column(join)] = _flagged(
+            frame, label_conflicts(frame, join, label, history.labels), [join]
+        )
+    return frame.assign(**derived)
+
+
+def label_conflicts(frame: pd.DataFrame, join: str, label: str, accepted: pd.Series) -> pd.Series:
+    """Rows whose id has two labels in the batch, or a label other than the accepted one."""
+    values = frame[label]
+    within = frame.groupby(join, dropna=True)[label].transform("nunique").fillna(0) > 1
+    prior = frame[join].map(accepted)
+    differs = prior.notna() & values.notna() & (prior.astype(object) != values.astype(object))
+    return within | differs
+
+
+# -- suites ---------------------------------------------------------------------------------------
+
+
+def _now(now: dt.datetime | None) -> pd.Timestamp:
+    """`now` as a naive timestamp (UTC if it had a zone); the current local time by default."""
+    moment = pd.Timestamp(now) if now is not None else pd.Timestamp.now()
+    if moment.tzinfo is not None:
+        moment = moment.tz_convert("UTC").tz_localize(None)
+    return moment
+
+
+def batch_expectations(
+    frame: pd.DataFrame, params: Params, history: History | None, now: pd.Timestamp
+) -> list[Any]:
+    """The data-batch suite: row count, timestamp, keys, each declared column, then history."""
     import great_expectations.expectations as gxe
 
     bounds = params.validation
     expectations: list[Any] = [
         gxe.ExpectTableRowCountToBeBetween(min_value=bounds.min_rows, max_value=bounds.max_rows)
     ]
-    expectations += _date_expectations(params.data.date_column, after)
+    expectations += _time_expectations(params.data.timestamp_column, now, bounds.max_future_skew)
+    expectations += _key_expectations(params)
     for name, spec in params.data.columns.items():
         if spec.required or name in frame.columns:  # optional columns only when present
             expectations += _column_expectations(name, spec, bounds.max_null_share)
+    derived = [off_frequency_column(params)] if params.data.frequency else []
+    if history is not None:
+        derived.append(already_accepted_column(params))
+        expectations += _category_expectations(frame, params, history)
+        expectations += _distribution_expectations(frame, params, history)
+    expectations += [_null(name) for name in derived if name in frame.columns]
     return expectations
 
 
-def _date_expectations(column: str, after: dt.date | None) -> list[Any]:
-    """The date column exists, is datetime, non-null, unique, strictly increasing, after `after`."""
+def _null(column: str) -> Any:
     import great_expectations.expectations as gxe
 
-    expectations = [
+    return gxe.ExpectColumnValuesToBeNull(column=column)
+
+
+def _time_expectations(column: str, now: pd.Timestamp, skew: str) -> list[Any]:
+    """A time column exists, is datetime, non-null and not later than now + skew."""
+    import great_expectations.expectations as gxe
+
+    latest = (now + pd.Timedelta(skew)).to_pydatetime()
+    return [
         gxe.ExpectColumnToExist(column=column),
         gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=DATE_TYPES),
         gxe.ExpectColumnValuesToNotBeNull(column=column),
-        gxe.ExpectColumnValuesToBeUnique(column=column),
-        gxe.ExpectColumnValuesToBeIncreasing(column=column, strictly=True),
+        gxe.ExpectColumnValuesToBeBetween(column=column, max_value=latest),
     ]
-    if after is not None:
-        bound = pd.Timestamp(after).to_pydatetime()  # same rule as sources.window: date > after
-        expectations.append(
-            gxe.ExpectColumnValuesToBeBetween(column=column, min_value=bound, strict_min=True)
-        )
-    return expectations
+
+
+def _key_expectations(params: Params) -> list[Any]:
+    """No two rows of the batch share a key: the id, else (timestamp, *entities)."""
+    import great_expectations.expectations as gxe
+
+    keys = params.data.key_columns
+    if len(keys) == 1:
+        return [gxe.ExpectColumnValuesToBeUnique(column=keys[0])]
+    return [gxe.ExpectCompoundColumnsToBeUnique(column_list=keys)]
 
 
 def _column_expectations(name: str, spec: ColumnSpec, max_null_share: float) -> list[Any]:
-    """Existence and null share (required columns only), type and range of one column."""
+    """Existence and null share (required columns only), type, range and allowed values."""
     import great_expectations.expectations as gxe
 
     expectations: list[Any] = []
     if spec.required:
         expectations.append(gxe.ExpectColumnToExist(column=name))
-    expectations.append(
-        gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=TYPE_LISTS[spec.dtype])
-    )
-    if spec.min is not None or spec.max is not None:
-        expectations.append(
-            gxe.ExpectColumnValuesToBeBetween(column=name, min_value=spec.min, max_value=spec.max)
-        )
+    expectations += _value_expectations(name, spec, TYPE_LISTS[spec.dtype])
     if spec.required:
         mostly = 1.0 - max_null_share
         expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name, mostly=mostly))
     return expectations
+
+
+def _value_expectations(name: str, spec: ColumnSpec, types: list[str]) -> list[Any]:
+    """Type, [min, max] and the allowed set of one column's non-null values."""
+    import great_expectations.expectations as gxe
+
+    expectations: list[Any] = [gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=types)]
+    if spec.min is not None or spec.max is not None:
+        expectations.append(
+            gxe.ExpectColumnValuesToBeBetween(column=name, min_value=spec.min, max_value=spec.max)
+        )
+    if spec.allowed is not None:
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=spec.allowed))
+    return expectations
+
+
+def _category_expectations(frame: pd.DataFrame, params: Params, history: History) -> list[Any]:
+    """At most `max_unknown_category_share` unseen values per categorical feature column."""
+    import great_expectations.expectations as gxe
+
+    share = params.validation.max_unknown_category_share
+    if history.rows == 0 or share >= 1.0:
+        return []
+    return [
+        gxe.ExpectColumnValuesToBeInSet(
+            column=name, value_set=sorted(history.categories[name], key=str), mostly=1.0 - share
+        )
+        for name in category_columns(params)
+        if name in frame.columns and name in history.categories
+    ]
+
+
+def _distribution_expectations(frame: pd.DataFrame, params: Params, history: History) -> list[Any]:
+    """Mean and median of each numeric column within the accepted data's widened quantile range."""
+    import great_expectations.expectations as gxe
+
+    rules = params.validation
+    if not rules.distribution_check or history.rows < rules.distribution_min_history:
+        return []
+    expectations: list[Any] = []
+    for name in numeric_columns(params):
+        if name not in frame.columns or name not in history.quantiles:
+            continue
+        low, high = distribution_bounds(history.quantiles[name], rules.distribution_margin)
+        expectations += [
+            gxe.ExpectColumnMeanToBeBetween(column=name, min_value=low, max_value=high),
+            gxe.ExpectColumnMedianToBeBetween(column=name, min_value=low, max_value=high),
+        ]
+    return expectations
+
+
+def label_expectations(
+    frame: pd.DataFrame, params: Params, history: LabelHistory | None, now: pd.Timestamp
+) -> list[Any]:
+    """The label-batch suite: join column, label values, label time, known ids, no conflicts."""
+    import great_expectations.expectations as gxe
+
+    join, label = label_columns(params)
+    columns = params.data.columns
+    expectations: list[Any] = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=params.validation.max_rows),
+        gxe.ExpectColumnToExist(column=join),
+        gxe.ExpectColumnValuesToNotBeNull(column=join),
+    ]
+    if join in columns:
+        expectations.append(
+            gxe.ExpectColumnValuesToBeInTypeList(
+                column=join, type_list=TYPE_LISTS[columns[join].dtype]
+            )
+        )
+    spec = columns[label]
+    numeric = params.target.above is not None or params.target.at_least is not None
+    types = TYPE_LISTS["float"] if numeric else TYPE_LISTS[spec.dtype]
+    expectations += [gxe.ExpectColumnToExist(column=label)]
+    expectations += _value_expectations(label, spec, types)
+    expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=label))
+    if params.labels.time_column:
+        skew = params.validation.max_future_skew
+        expectations += _time_expectations(params.labels.time_column, now, skew)
+    derived = [unknown_id_column(join), conflicting_label_column(join)]
+    expectations += [_null(name) for name in derived if history and name in frame.columns]
+    return expectations
+
+
+# -- running GE -----------------------------------------------------------------------------------
+
+
+def validate_batch(
+    frame: pd.DataFrame,
+    params: Params,
+    *,
+    history: History | None = None,
+    now: dt.datetime | None = None,
+    read_error: str | None = None,
+    docs_dir: Path | None = None,
+) -> ValidationReport:
+    """Run the params-built suite on a data batch; with docs_dir, also write GE Data Docs there.
+
+    Args:
+        frame: the batch as read (timestamps parsed; empty when the file was unreadable).
+        params: data.columns, the data contract and validation bounds build the suite.
+        history: the accepted data's profile; None leaves out the rules that compare with it
+            (keys already accepted, unseen categories, distribution), as for the whole dataset.
+        now: the current time, for `validation.max_future_skew` (default: the clock).
+        read_error: why the file could not be parsed; the report then fails and carries it.
+        docs_dir: where to write the Data Docs site (index.html at its top); None skips docs.
+    """
+    checked = prepare_batch(frame, params, history)
+    build = partial(batch_expectations, checked, params, history, _now(now))
+    return run_gate(Gate(SUITE_NAME, checked, build), read_error, docs_dir)
+
+
+def validate_labels(
+    frame: pd.DataFrame,
+    params: Params,
+    *,
+    history: LabelHistory | None = None,
+    now: dt.datetime | None = None,
+    read_error: str | None = None,
+    docs_dir: Path | None = None,
+) -> ValidationReport:
+    """Run the label suite on a label batch (arguments as in `validate_batch`)."""
+    checked = prepare_labels(frame, params, history)
+    build = partial(label_expectations, checked, params, history, _now(now))
+    return run_gate(Gate(LABEL_SUITE_NAME, checked, build), read_error, docs_dir)
+
+
+def run_gate(gate: Gate, read_error: str | None, docs_dir: Path | None) -> ValidationReport:
+    """Validate the gate's frame with its suite (and render Data Docs into docs_dir if given)."""
+    expectations = gate.expectations()
+    if docs_dir is None:
+        result, ids = _run_ephemeral(gate, expectations)
+    else:
+        result, ids = _run_with_docs(gate, expectations, docs_dir)
+    return _report(result, ids, read_error, gate)
 
 
 def _context(root: Path | None = None) -> Any:
@@ -201,45 +548,43 @@ def _context(root: Path | None = None) -> Any:
     return ctx
 
 
-def _suite_and_batch(ctx: Any, expectations: list[Any]) -> tuple[Any, Any]:
+def _suite_and_batch(ctx: Any, name: str, expectations: list[Any]) -> tuple[Any, Any]:
     """Register the suite and a whole-dataframe batch definition in a context."""
     import great_expectations as gx
 
     asset = ctx.data_sources.add_pandas("driftloop").add_dataframe_asset("batch")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole")
-    suite = ctx.suites.add(gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations))
+    suite = ctx.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
     return suite, batch_definition
 
 
-def _run_ephemeral(frame: pd.DataFrame, expectations: list[Any]) -> tuple[Any, list[str]]:
+def _run_ephemeral(gate: Gate, expectations: list[Any]) -> tuple[Any, list[str]]:
     """Validate in memory (the fast path): GE's suite result and the suite's expectation ids."""
-    suite, batch_definition = _suite_and_batch(_context(), expectations)
-    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+    suite, batch_definition = _suite_and_batch(_context(), gate.suite, expectations)
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": gate.frame})
     return batch.validate(suite, result_format="BASIC"), _ids(suite)
 
 
-def _run_with_docs(
-    frame: pd.DataFrame, expectations: list[Any], docs_dir: Path
-) -> tuple[Any, list[str]]:
+def _run_with_docs(gate: Gate, expectations: list[Any], docs_dir: Path) -> tuple[Any, list[str]]:
     """Validate in a throwaway file context that renders Data Docs, then copy the site out."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
     with tempfile.TemporaryDirectory(prefix="driftloop-gx-") as tmp:
         ctx = _context(Path(tmp))
-        suite, batch_definition = _suite_and_batch(ctx, expectations)
+        suite, batch_definition = _suite_and_batch(ctx, gate.suite, expectations)
         definition = ctx.validation_definitions.add(
-            gx.ValidationDefinition(name=SUITE_NAME, data=batch_definition, suite=suite)
+            gx.ValidationDefinition(name=gate.suite, data=batch_definition, suite=suite)
         )
         checkpoint = ctx.checkpoints.add(
             gx.Checkpoint(
-                name=SUITE_NAME,
+                name=gate.suite,
                 validation_definitions=[definition],
                 actions=[UpdateDataDocsAction(name="data_docs")],
                 result_format={"result_format": "BASIC"},
             )
         )
-        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        result = checkpoint.run(batch_parameters={"dataframe": gate.frame})
         _copy_site(ctx, docs_dir)
     return next(iter(result.run_results.values())), _ids(suite)
 
@@ -257,7 +602,7 @@ def _ids(suite: Any) -> list[str]:
     return [str(expectation.id) for expectation in suite.expectations]
 
 
-def _report(result: Any, ids: list[str], read_error: str | None) -> ValidationReport:
+def _report(result: Any, ids: list[str], read_error: str | None, gate: Gate) -> ValidationReport:
     """Parse GE's suite validation result into a ValidationReport, in suite order."""
     rank = {expectation_id: i for i, expectation_id in enumerate(ids)}
     ordered = sorted(result.results, key=lambda r: rank.get(str(r.expectation_config.id), len(ids)))
@@ -269,6 +614,8 @@ def _report(result: Any, ids: list[str], read_error: str | None) -> ValidationRe
         failed=failed,
         outcomes=outcomes,
         read_error=read_error,
+        suite=gate.suite,
+        gate=gate,
     )
 
 
@@ -277,6 +624,8 @@ def _outcome(result: Any) -> ExpectationOutcome:
     config = result.expectation_config
     details = dict(result.result or {})
     column = config.kwargs.get("column")
+    if column is None and config.kwargs.get("column_list"):
+        column = "+".join(str(c) for c in config.kwargs["column_list"])
     return ExpectationOutcome(
         expectation=str(config.type),
         column=None if column is None else str(column),
@@ -335,6 +684,9 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+# -- quarantine -----------------------------------------------------------------------------------
+
+
 def quarantine(
     report: ValidationReport,
     quarantine_root: Path,
@@ -347,7 +699,7 @@ def quarantine(
     """Keep a rejected batch in a new folder: original bytes, validation.json and Data Docs.
 
     Args:
-        report: the gate's verdict from validate_batch (its params render the docs).
+        report: the gate's verdict from validate_batch/validate_labels (its gate renders docs).
         quarantine_root: the folder holding quarantined batches (created if missing).
         batch_id: the folder name; a taken name gets a `-1`, `-2`... suffix, never overwritten.
         source_path: the file as received; its bytes are copied unchanged.
@@ -359,36 +711,16 @@ def quarantine(
     """
     if source_path is None and frame is None:
         raise ValueError("quarantine needs the source file or the frame")
-    if report.params is None:
-        raise ValueError("quarantine needs a report made by validate_batch (it carries params)")
+    if report.gate is None:
+        raise ValueError("quarantine needs a report made by validate_batch (it carries its suite)")
     folder = _new_folder(quarantine_root, batch_id)
     _keep_batch(folder, source_path, frame)
     where = origin or (str(source_path) if source_path is not None else "dataframe")
     payload = {**report.to_dict(), "batch_id": batch_id, "origin": where}
     text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False)
     (folder / "validation.json").write_text(text + "\n")
-    validate_batch(
-        _docs_frame(report.params, source_path, frame),
-        report.params,
-        after=report.after,
-        read_error=report.read_error,
-        docs_dir=folder / "docs",
-    )
+    run_gate(report.gate, report.read_error, folder / "docs")
     return folder
-
-
-def _docs_frame(
-    params: Params, source_path: Path | None, frame: pd.DataFrame | None
-) -> pd.DataFrame:
-    """The frame to render docs for: the one given, else the source re-read (empty if bad)."""
-    if frame is not None:
-        return frame
-    if source_path is None:
-        return pd.DataFrame()
-    try:
-        return read_batch_file(source_path, params.data).frame
-    except IngestError:
-        return pd.DataFrame()
 
 
 def _new_folder(root: Path, batch_id: str) -> Path:
