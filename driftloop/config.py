@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +58,9 @@ def _offset(value: Any, optional: bool = False) -> Any:
     try:
         pd.tseries.frequencies.to_offset(str(value))
     except ValueError:
-        raise ValueError(f"must be a pandas frequency such as D, h or 15min, got {value!r}") from None
+        raise ValueError(
+            f"must be a pandas frequency such as D, h or 15min, got {value!r}"
+        ) from None
     return str(value)
 
 
@@ -170,7 +173,9 @@ class TargetParams(_Strict):
         if self.above is not None and self.at_least is not None:
             raise ValueError("set at most one of `above` and `at_least`")
         if self.forecast is not None and (self.above is not None or self.at_least is not None):
-            raise ValueError("`above`/`at_least` belong to an explicit `column`; use forecast.above")
+            raise ValueError(
+                "`above`/`at_least` belong to an explicit `column`; use forecast.above"
+            )
         return self
 
     @property
@@ -238,9 +243,7 @@ class FeatureParams(_Strict):
     categorical: list[str] = Field(default_factory=list)
     lags: LagParams = LagParams()
     rolling: RollingParams = RollingParams()
-    calendar: list[Literal["day_of_year", "weekday", "hour", "month"]] = Field(
-        default_factory=list
-    )
+    calendar: list[Literal["day_of_year", "weekday", "hour", "month"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _some_features(self) -> FeatureParams:
@@ -378,11 +381,14 @@ class Params(_Strict):
         ):
             unknown = [c for c in names if c not in data.columns]
             if unknown:
-                raise ValueError(f"{key} names columns not in data.columns: {unknown}")
+                raise ValueError(f"{key}: names columns not in data.columns: {unknown}")
         if self.target.source_column not in data.columns:
-            raise ValueError(f"target column {self.target.source_column!r} is not in data.columns")
+            raise ValueError(
+                f"target.{'column' if self.target.column else 'forecast.column'}: "
+                f"{self.target.source_column!r} is not in data.columns"
+            )
         if self.target.source_column in features.raw and self.target.column is not None:
-            raise ValueError(f"target.column {self.target.column!r} cannot also be a feature")
+            raise ValueError(f"target.column: {self.target.column!r} cannot also be a feature")
         for name in features.categorical:
             if data.columns[name].dtype not in CATEGORICAL_DTYPES | {"bool", "int"}:
                 raise ValueError(f"features.categorical: {name!r} has dtype float")
@@ -390,16 +396,18 @@ class Params(_Strict):
             if data.columns[name].dtype in CATEGORICAL_DTYPES:
                 raise ValueError(f"features.numerical: {name!r} has dtype str (categorical?)")
         unknown_segments = [
-            s for s in self.evaluation.segments if s not in data.columns and s not in DERIVED_SEGMENTS
+            s
+            for s in self.evaluation.segments
+            if s not in data.columns and s not in DERIVED_SEGMENTS
         ]
         if unknown_segments:
             raise ValueError(
-                f"evaluation.segments names neither columns nor {list(DERIVED_SEGMENTS)}: "
+                f"evaluation.segments: names neither columns nor {list(DERIVED_SEGMENTS)}: "
                 f"{unknown_segments}"
             )
         if self.target.column is not None and data.columns[self.target.column].required:
             raise ValueError(
-                f"data.columns.{self.target.column}: a label column arrives later; "
+                f"data.columns.{self.target.column}.required: a label column arrives later; "
                 "mark it required: false"
             )
         return self
@@ -422,6 +430,9 @@ def parse_params(raw: dict[str, Any], origin: str = PARAMS_FILE) -> Params:
         first = exc.errors()[0]
         key = _error_key(first)
         message = str(first["msg"]).removeprefix("Value error, ")
+        named = re.match(r"^([a-z_]+(?:\.[\w]+)+): (.*)$", message)
+        if key == "<root>" and named:  # a cross-section check names its key first
+            key, message = named.groups()
         raise ConfigError(f"{origin}: key '{key}': {message}") from None
 
 

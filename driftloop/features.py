@@ -77,17 +77,33 @@ def _lagged(frame: pd.DataFrame, column: str, period: int, entities: list[str]) 
 def _rolling_mean(
     frame: pd.DataFrame, column: str, window: str, timestamp: str, entities: list[str]
 ) -> pd.Series:
-    """Mean of the column over the time window ending at each row (inclusive), per entity."""
-    values = pd.DataFrame({"v": _numeric(frame[column]).to_numpy(), "t": frame[timestamp]})
-    if not entities:
-        rolled = values.rolling(window, on="t", min_periods=1)["v"].mean()
-        return pd.Series(rolled.to_numpy(), index=frame.index)
-    for i, name in enumerate(entities):
-        values[f"e{i}"] = frame[name].to_numpy()
-    keys = [f"e{i}" for i in range(len(entities))]
-    rolled = values.groupby(keys, sort=False, dropna=False).rolling(window, on="t", min_periods=1)
-    result = rolled["v"].mean().reset_index(level=list(range(len(keys))), drop=True)
-    return result.reindex(frame.index)
+    """Mean of the column over the time window (t - window, t] of each row, per entity.
+
+    Rows sharing a timestamp see each other (they are known at the same time), whatever their
+    order in the frame; missing values are left out of the mean.
+    """
+    values = _numeric(frame[column]).to_numpy()
+    seconds = pd.to_datetime(frame[timestamp]).to_numpy().astype("datetime64[s]").astype(np.int64)
+    if entities:
+        gid = frame.groupby(entities, sort=False, dropna=False).ngroup().to_numpy()
+    else:
+        gid = np.zeros(len(frame), dtype=np.int64)
+    span = int(seconds.max() - seconds.min()) + 1 if len(frame) else 1
+    width = int(pd.Timedelta(window).total_seconds())
+    key = gid * (span + width + 1) + (seconds - (seconds.min() if len(frame) else 0))
+    order = np.argsort(key, kind="stable")
+    sorted_key, sorted_values = key[order], values[order]
+    present = ~np.isnan(sorted_values)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(present, sorted_values, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(present)])
+    end = np.searchsorted(sorted_key, sorted_key, side="right")
+    begin = np.searchsorted(sorted_key, sorted_key - width, side="right")
+    n = counts[end] - counts[begin]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(n > 0, (sums[end] - sums[begin]) / np.maximum(n, 1), np.nan)
+    out = np.empty(len(frame))
+    out[order] = means
+    return pd.Series(out, index=frame.index)
 
 
 def _calendar(timestamps: pd.Series, names: list[str]) -> dict[str, pd.Series]:

@@ -64,22 +64,28 @@ class MonitorResult:
 
 def _history(params: Params) -> pd.Timedelta:
     """How far before a window its history features look back."""
-    step = pd.Timedelta(params.data.frequency or "1D") if params.data.frequency else pd.Timedelta(
-        days=1
+    step = (
+        pd.Timedelta(params.data.frequency or "1D")
+        if params.data.frequency
+        else pd.Timedelta(days=1)
     )
     lags = max(params.features.lags.periods, default=0) * step
     windows = [pd.Timedelta(w) for w in params.features.rolling.windows]
     return max([lags, *windows, pd.Timedelta(0)]) + step
 
 
-def reference_frame(params: Params, settings: Settings, champion: registry.ModelRef) -> pd.DataFrame:
+def reference_frame(
+    params: Params, settings: Settings, champion: registry.ModelRef
+) -> pd.DataFrame:
     """The rows the champion was trained on, from its recorded training window."""
     lineage = champion.lineage
     raw_dir = settings.path(params.data.raw_dir)
     return datastore.load_accepted(raw_dir, params, since=lineage.since, until=lineage.until)
 
 
-def window_frame(params: Params, settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+def window_frame(
+    params: Params, settings: Settings, start: pd.Timestamp, end: pd.Timestamp
+) -> pd.DataFrame:
     """Accepted rows from `start` to `end` plus the history their features need."""
     raw_dir = settings.path(params.data.raw_dir)
     return datastore.load_accepted(raw_dir, params, since=start - _history(params), until=end)
@@ -110,7 +116,9 @@ def scored_reference(
     key = (str(settings.project), champion.name, champion.version)
     return REFERENCES.get(
         key,
-        lambda: score_frame(params, settings, champion, model, reference_frame(params, settings, champion), None),
+        lambda: score_frame(
+            params, settings, champion, model, reference_frame(params, settings, champion), None
+        ),
     )
 
 

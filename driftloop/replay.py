@@ -8,8 +8,8 @@ flows); this module holds the plain parts: the workspace, the step calendar, the
 from __future__ import annotations
 
 import contextlib
-import html
 import datetime as dt
+import html
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -296,7 +296,9 @@ def _html(steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]) -
         "<table><tr><th>strategy</th><th>predictions judged</th><th>accuracy</th>"
         f"<th>ROC AUC</th><th>retrains</th><th>promotions</th></tr>{rows}</table>"
     )
-    notes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in meta.items())
+    notes = "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in meta.items()
+    )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body>"

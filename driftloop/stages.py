@@ -216,8 +216,12 @@ def register(
     if trained.example is None:
         raise TrainingError("the trained model carries no input example")
     run_id, model_uri = registry.log_training_run(
-        settings, params.train.experiment, f"train-{trigger}"[:250], trained.estimator,
-        trained.example, record,
+        settings,
+        params.train.experiment,
+        f"train-{trigger}"[:250],
+        trained.estimator,
+        trained.example,
+        record,
     )
     tags = Lineage(**{**lineage.__dict__, "run_id": run_id}).to_tags()
     return registry.register(client, params.train.model_name, run_id, model_uri, tags)
@@ -530,7 +534,9 @@ def train_and_promote(
     trained = steps.evaluate(params, fitted, split)
     candidate = steps.register(params, settings, trained, data, request.trigger, request.validation)
     write_train_report(settings, candidate, trained)
-    outcome = TrainOutcome(candidate.version, candidate.run_id, data.data_md5, trained.holdout.metrics)
+    outcome = TrainOutcome(
+        candidate.version, candidate.run_id, data.data_md5, trained.holdout.metrics
+    )
     if not request.promote:
         return outcome
     result = steps.promote(params, settings, candidate, data, request.trigger)

@@ -35,7 +35,9 @@ def ingest_step(params: Params, ws: Settings, source: str, until: str) -> ingest
 
     Versioned in bulk before each retrain and at the end, not at every step.
     """
-    result = ingest.ingest(params, ws, ingest.read_next_batch(params, ws, source, until), version=False)
+    result = ingest.ingest(
+        params, ws, ingest.read_next_batch(params, ws, source, until), version=False
+    )
     if params.target.column is not None:
         labels = ingest.read_next_labels(params, ws, source, until)
         ingest.ingest_labels(params, ws, labels, version=False)

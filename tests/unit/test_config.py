@@ -34,6 +34,8 @@ def test_repo_params_are_valid(raw_params: Raw) -> None:
     assert isinstance(params, Params)
     assert params.train.holdout_days == raw_params["train"]["holdout_days"]
     assert params.data.required_columns == ["precipitation", "temp_max", "temp_min", "wind"]
+    assert params.data.key_columns == ["date"]
+    assert params.target.forecast is not None and params.target.source_column == "precipitation"
 
 
 BAD_PARAMS = [
@@ -89,8 +91,92 @@ def test_bad_replay_date_is_a_config_error(raw_params: Raw) -> None:
 
 
 def test_unknown_feature_column_is_named(raw_params: Raw) -> None:
-    with pytest.raises(ConfigError, match=r"features\.numeric.*\['humidity'\]"):
-        parse_params(edited(raw_params, lambda r: r["features"].update(numeric=["humidity"])))
+    with pytest.raises(ConfigError, match=r"key 'features\.numerical'.*\['humidity'\]"):
+        parse_params(edited(raw_params, lambda r: r["features"].update(numerical=["humidity"])))
+
+
+CONTRACT_ERRORS = [
+    pytest.param(
+        lambda r: r["target"].update(column="weather"),
+        "target",
+        "exactly one of `column`",
+        id="label-column-and-forecast",
+    ),
+    pytest.param(
+        lambda r: r["target"].update(forecast={"column": "wind", "horizon": 1}),
+        "target.forecast",
+        "exactly one of `above`",
+        id="forecast-without-rule",
+    ),
+    pytest.param(
+        lambda r: r["data"].update(entity_columns=["station"]),
+        "data",
+        "'station'",
+        id="entity-not-a-column",
+    ),
+    pytest.param(
+        lambda r: r["data"].update(frequency="fortnightly"),
+        "data.frequency",
+        "pandas frequency",
+        id="bad-frequency",
+    ),
+    pytest.param(
+        lambda r: r["validation"].update(max_future_skew="soon"),
+        "validation.max_future_skew",
+        "duration",
+        id="bad-skew",
+    ),
+    pytest.param(
+        lambda r: r["features"].update(numerical=["wind"], categorical=["temp_max"]),
+        "features.categorical",
+        "'temp_max' has dtype float",
+        id="float-as-categorical",
+    ),
+    pytest.param(
+        lambda r: r["evaluation"].update(segments=["planet"]),
+        "evaluation.segments",
+        "planet",
+        id="unknown-segment",
+    ),
+    pytest.param(
+        lambda r: r["data"]["columns"]["weather"].update(min=0),
+        "data.columns.weather",
+        "numeric columns",
+        id="range-on-a-string",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "key", "message"), CONTRACT_ERRORS)
+def test_data_contract_errors_name_the_key(
+    raw_params: Raw, edit: Callable[[Raw], object], key: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"key '{key}'") as info:
+        parse_params(edited(raw_params, edit))
+    assert message in str(info.value)
+
+
+def test_the_bundled_flights_example_is_a_valid_contract() -> None:
+    params = load_params(REPO_ROOT / "examples" / "flights" / "params.yaml")
+    assert params.data.key_columns == [params.data.id_column]
+    assert params.join_column == "flight_id"
+    assert params.target.column == "arr_delay"
+    assert params.train.model_name != load_params(REPO_ROOT / "params.yaml").train.model_name
+
+
+def test_a_params_file_is_chosen_by_env_or_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw_params: Raw
+) -> None:
+    from driftloop.config import Settings
+
+    other = edited(raw_params, lambda r: r["train"].update(model_name="other_model"))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "other.yaml").write_text(yaml.safe_dump(other))
+    monkeypatch.setenv("DRIFTLOOP_PROJECT", str(tmp_path))
+    monkeypatch.setenv("DRIFTLOOP_PARAMS", "models/other.yaml")
+    settings = Settings()
+    assert settings.params == tmp_path / "models" / "other.yaml"
+    assert load_params(settings.params).train.model_name == "other_model"
 
 
 def test_load_params_names_the_file(tmp_path: Path, raw_params: Raw) -> None:
