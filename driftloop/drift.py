@@ -1,19 +1,28 @@
 """Data drift with Evidently, and the pure retrain decision.
 
 `compute_drift` is the only place that talks to Evidently: one explicit `ValueDrift` metric per
-column (method and threshold from params.yaml, never Evidently's size-dependent auto choice), the
-drift flag read from Evidently's own test, and the raw snapshot parsed once in
-`_parse_snapshot`. Anything that would make the answer meaningless (too few rows, a missing,
-empty or constant column, a NaN score) raises `CannotEvaluate` instead of reporting "no drift".
+column, its method and threshold chosen by the column's kind (numerical, categorical, the
+prediction) or its `per_feature` entry in params.yaml, never by Evidently's size-dependent auto
+choice. The drift flag is read from Evidently's own test; the raw snapshot is parsed once, in
+`_parse_snapshot`. Frames above `monitor.max_rows` are sampled (seeded) first.
+
+Only data with nothing to judge raises `CannotEvaluate` (too few rows, a missing or all-NaN
+column). A column that is constant on one side is evidence, not an error: constant in the
+current window while the reference varies is tested as usual when the test gives a valid result,
+else marked drifted; two different constants, or a constant reference and a varying current, are
+drifted; the same constant on both sides is not.
 
 `decide_retrain` is pure: drift summary + performance check + policy in, `RetrainDecision` out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,8 +34,11 @@ from driftloop.config import MonitorParams
 from driftloop.errors import ConfigError, DriftloopError
 
 LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+FALLBACK_METRICS = ("brier", "log_loss")  # judged when the primary metric is undefined
 _VALUE_DRIFT_TYPES = (":ValueDrift", ":ValueDriftScore")
 _FLOAT_NOISE = 1e-9
+
+ColumnKind = Literal["numerical", "categorical"]
 
 
 class CannotEvaluate(DriftloopError):
@@ -37,168 +49,377 @@ class CannotEvaluate(DriftloopError):
 
 @dataclass(frozen=True)
 class ColumnDrift:
-    """Evidently's verdict on one column; `score` means what `method` says (p-value, distance)."""
+    """The verdict on one column; `score` means what `method` says (p-value, distance).
+
+    `score` is None when the verdict needed no statistical test, or the test gave no valid
+    result (a constant column); `note` then says why.
+    """
 
     column: str
     method: str
-    score: float
+    score: float | None
     threshold: float
     drifted: bool
+    kind: ColumnKind = "numerical"
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "column": self.column,
+            "kind": self.kind,
             "method": self.method,
-            "score": _json_float(self.score),
+            "score": None if self.score is None else _json_float(self.score),
             "threshold": _json_float(self.threshold),
             "drifted": self.drifted,
+            "note": self.note,
         }
 
 
 @dataclass(frozen=True)
 class DriftSummary:
-    """Per-column drift of the monitored features, plus the prediction's (not in the share)."""
+    """Per-column drift of the monitored features, plus the prediction's (not in the share).
+
+    `n_reference`/`n_current` are the rows given; `*_sampled` the rows tested (<= max_rows).
+    """
 
     columns: tuple[ColumnDrift, ...]
     drifted_share: float
     n_reference: int
     n_current: int
+    n_reference_sampled: int
+    n_current_sampled: int
     prediction: ColumnDrift | None = None
 
     @property
     def drifted_columns(self) -> tuple[str, ...]:
         return tuple(c.column for c in self.columns if c.drifted)
 
+    @property
+    def sampled(self) -> bool:
+        return (self.n_reference_sampled, self.n_current_sampled) != (
+            self.n_reference,
+            self.n_current,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "columns": [c.to_dict() for c in self.columns],
             "drifted_columns": list(self.drifted_columns),
-            "drifted_share": self.drifted_share,
+            "drifted_share": _json_float(self.drifted_share),
             "n_reference": self.n_reference,
             "n_current": self.n_current,
+            "n_reference_sampled": self.n_reference_sampled,
+            "n_current_sampled": self.n_current_sampled,
             "prediction": None if self.prediction is None else self.prediction.to_dict(),
         }
 
 
 def _json_float(value: float) -> float | str:
-    """Finite floats as is; inf as a string, since strict JSON has no Infinity."""
+    """Finite floats as is; NaN and inf as strings, since strict JSON has neither."""
     return value if math.isfinite(value) else str(value)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How one column is tested, and the params.yaml key that chose its method."""
+
+    column: str
+    kind: ColumnKind
+    method: str
+    threshold: float | None
+    key: str
 
 
 def compute_drift(
     reference: pd.DataFrame,
     current: pd.DataFrame,
-    columns: list[str],
+    numerical: list[str],
+    categorical: list[str],
     monitor: MonitorParams,
     *,
     prediction_column: str | None = None,
     html_path: Path | None = None,
     json_path: Path | None = None,
+    seed: int = 0,
 ) -> DriftSummary:
-    """Evidently drift of `columns` (and the prediction) between reference and current.
+    """Evidently drift of the features (and the prediction) between reference and current.
 
     Args:
         reference, current: the frames to compare (other columns are ignored).
-        columns: the monitored features; `drifted_share` is over these.
-        monitor: method/threshold per column (`per_feature` entry, else `method`/`threshold`),
-            and `min_rows`.
-        prediction_column: also test this column; returned as `prediction`, not in the share.
-        html_path, json_path: where to save Evidently's report, if given.
+        numerical, categorical: the monitored features; `drifted_share` is over these.
+            Categorical columns are declared categorical to Evidently whatever their dtype.
+        monitor: methods and thresholds (`method`, `categorical_method`, `prediction_method`,
+            a `per_feature` entry overriding them), `min_rows`, `max_rows`.
+        prediction_column: a predicted probability, also tested; returned as `prediction`,
+            not in the share.
+        html_path, json_path: where to save Evidently's report, if given (not written when
+            every column was decided without a test).
+        seed: for sampling frames above `monitor.max_rows`.
 
     Raises:
-        CannotEvaluate: too few rows, or a column missing, empty, constant, or with a NaN score.
-        ConfigError: a method Evidently does not know, or one that does not fit the column type.
+        CannotEvaluate: too few rows; a column missing, entirely NaN, with fewer than
+            `min_rows` values, or declared numerical without numbers; a NaN score.
+        ConfigError: a method Evidently does not know, or one that does not fit the column kind.
     """
-    if not columns:
-        raise CannotEvaluate("no columns to monitor")
-    tested = list(dict.fromkeys([*columns, *([prediction_column] if prediction_column else [])]))
-    _check_inputs(reference, current, tested, monitor.min_rows)
-    figures = html_path is not None  # plotly widgets only for an HTML report
-    snapshot = _run_report(
-        _only(reference, tested), _only(current, tested), tested, monitor, figures=figures
-    )
-    if html_path is not None:
-        html_path.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.save_html(str(html_path))
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.save_json(str(json_path))
-    by_column = {c.column: c for c in _parse_snapshot(json.loads(snapshot.json()))}
-    results = tuple(_result_for(by_column, name) for name in columns)
+    specs = _column_specs(numerical, categorical, prediction_column, monitor)
+    thresholds = _resolve_thresholds(specs)
+    names = [s.column for s in specs]
+    _check_frames(reference, current, names, monitor.min_rows)
+    ref = _prepare(sample_rows(reference, monitor.max_rows, seed)[names], specs)
+    cur = _prepare(sample_rows(current, monitor.max_rows, seed)[names], specs)
+    decided, notes = _constant_verdicts(ref, cur, specs, thresholds, monitor.min_rows)
+    tested = [s for s in specs if s.column not in decided]
+    if tested:
+        by_column = _run_evidently(ref, cur, tested, html_path=html_path, json_path=json_path)
+        decided.update(
+            {
+                s.column: dataclasses.replace(by_column[s.column], note=notes.get(s.column))
+                for s in tested
+            }
+        )
+    results = tuple(decided[name] for name in [*numerical, *categorical])
     return DriftSummary(
         columns=results,
         drifted_share=sum(c.drifted for c in results) / len(results),
         n_reference=len(reference),
         n_current=len(current),
-        prediction=_result_for(by_column, prediction_column) if prediction_column else None,
+        n_reference_sampled=len(ref),
+        n_current_sampled=len(cur),
+        prediction=decided[prediction_column] if prediction_column else None,
     )
 
 
-def _check_inputs(
+def _column_specs(
+    numerical: list[str],
+    categorical: list[str],
+    prediction_column: str | None,
+    monitor: MonitorParams,
+) -> list[_Spec]:
+    """Method and threshold per column: its kind's defaults, unless `per_feature` names it.
+
+    A per-feature entry without a threshold gets Evidently's default for *its* method, not the
+    kind's threshold: thresholds mean different things for p-values and distances.
+    """
+    if not numerical and not categorical:
+        raise CannotEvaluate("no columns to monitor")
+    roles: list[tuple[str, ColumnKind, str]] = [  # column, kind, the MonitorParams method field
+        *((name, "numerical", "method") for name in numerical),
+        *((name, "categorical", "categorical_method") for name in categorical),
+    ]
+    if prediction_column is not None:
+        roles.append((prediction_column, "numerical", "prediction_method"))
+    names = [name for name, _, _ in roles]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"columns given more than one role (numerical/categorical/prediction): {repeated}"
+        )
+    specs = []
+    for name, kind, method_field in roles:
+        own = monitor.per_feature.get(name)
+        if own is not None:
+            key = f"monitor.per_feature.{name}.method"
+            specs.append(_Spec(name, kind, own.method, own.threshold, key))
+        else:
+            method = getattr(monitor, method_field)
+            threshold = getattr(monitor, method_field.replace("method", "threshold"))
+            specs.append(_Spec(name, kind, method, threshold, f"monitor.{method_field}"))
+    return specs
+
+
+def _resolve_thresholds(specs: list[_Spec]) -> dict[str, float]:
+    """Each column's threshold (Evidently's default for the method when unset).
+
+    A method Evidently does not know, or not for this column kind, is a params.yaml error.
+    """
+    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
+
+    thresholds = {}
+    for spec in specs:
+        try:
+            stattest = get_registered_stattest(spec.method, _evidently_kind(spec.kind))
+        except ValueError as exc:
+            reason = str(exc).splitlines()[0]
+            raise ConfigError(
+                f"params.yaml: key '{spec.key}': {reason} (column {spec.column!r}, {spec.kind})"
+            ) from None
+        default = stattest.default_threshold
+        thresholds[spec.column] = default if spec.threshold is None else spec.threshold
+    return thresholds
+
+
+def _evidently_kind(kind: ColumnKind) -> Any:
+    from evidently.legacy.core import ColumnType
+
+    return ColumnType.Numerical if kind == "numerical" else ColumnType.Categorical
+
+
+def _check_frames(
     reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], min_rows: int
 ) -> None:
-    """Fail closed before Evidently sees data it would summarise as a quiet "no drift"."""
+    """Fail closed on frames too short, or without a tested column."""
     for side, frame in (("reference", reference), ("current", current)):
         if len(frame) < min_rows:
             raise CannotEvaluate(f"{side} has {len(frame)} rows, fewer than min_rows={min_rows}")
         for name in columns:
             if name not in frame.columns:
                 raise CannotEvaluate(f"column {name!r} is missing from {side}")
-    for name in columns:
-        ref_values, cur_values = _usable_values(reference[name]), _usable_values(current[name])
-        for side, values in (("reference", ref_values), ("current", cur_values)):
-            if len(values) == 0:
-                raise CannotEvaluate(f"column {name!r} is entirely NaN in {side}")
-            if len(values) < min_rows:
-                raise CannotEvaluate(
-                    f"column {name!r} has {len(values)} non-missing values in {side}, "
-                    f"fewer than min_rows={min_rows}"
-                )
-        ref_const, cur_const = _is_constant(ref_values), _is_constant(cur_values)
-        if ref_const or cur_const:
-            where = "both" if ref_const and cur_const else "reference" if ref_const else "current"
-            raise CannotEvaluate(f"column {name!r} is constant in {where}: no distribution to test")
 
 
-def _only(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """The tested columns alone (Evidently copies and profiles every column it is given)."""
-    return frame if list(frame.columns) == columns else frame[columns]
+def sample_rows(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """At most `max_rows` rows, drawn without replacement with `seed`, in their original order."""
+    if len(frame) <= max_rows:
+        return frame
+    keep = np.random.default_rng(seed).choice(len(frame), size=max_rows, replace=False)
+    return frame.iloc[np.sort(keep)]
 
 
-def _usable_values(series: pd.Series) -> pd.Series:
+def _prepare(frame: pd.DataFrame, specs: list[_Spec]) -> pd.DataFrame:
+    """Numerical columns as numbers (bools as 0/1); categorical ones untouched."""
+    for spec in specs:
+        if spec.kind != "numerical":
+            continue
+        values = frame[spec.column]
+        if pd.api.types.is_bool_dtype(values):
+            frame = frame.assign(**{spec.column: values.astype(float)})
+        elif not pd.api.types.is_numeric_dtype(values):
+            raise CannotEvaluate(
+                f"column {spec.column!r} is declared numerical but holds {values.dtype} values"
+            )
+    return frame
+
+
+def _usable_values(series: pd.Series, kind: ColumnKind) -> pd.Series:
     """The values Evidently tests: without NaN and, for numbers, without +-inf."""
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+    if kind == "numerical":
         values = series.to_numpy(dtype=float, na_value=np.nan)
         finite = np.isfinite(values)
         return series if finite.all() else series[finite]
     return series.dropna()
 
 
-def _is_constant(values: pd.Series) -> bool:
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return bool(values.min() == values.max())  # O(n), unlike nunique
-    return values.nunique() <= 1
+def _constant_value(values: pd.Series, kind: ColumnKind) -> tuple[bool, Any]:
+    """(True, the value) for a column with a single distinct value, else (False, None)."""
+    if kind == "numerical":
+        low, high = values.min(), values.max()  # O(n), unlike nunique
+        return (bool(low == high), _plain(low) if low == high else None)
+    uniques = values.unique()
+    return (len(uniques) == 1, _plain(uniques[0]) if len(uniques) == 1 else None)
 
 
-def stattest_for(column: str, monitor: MonitorParams) -> tuple[str, float | None]:
-    """Method and threshold for a column: its `per_feature` entry as a whole, else the defaults.
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
-    A per-feature entry without a threshold gets Evidently's default for *its* method, not
-    `monitor.threshold`: thresholds mean different things for p-values and distances.
+
+def _constant_verdicts(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    specs: list[_Spec],
+    thresholds: dict[str, float],
+    min_rows: int,
+) -> tuple[dict[str, ColumnDrift], dict[str, str]]:
+    """Verdicts that need no Evidently run, and notes for constant columns it will test."""
+    decided: dict[str, ColumnDrift] = {}
+    notes: dict[str, str] = {}
+    for spec in specs:
+        ref_values = _values_to_judge(ref[spec.column], spec, "reference", min_rows)
+        cur_values = _values_to_judge(cur[spec.column], spec, "current", min_rows)
+        threshold = thresholds[spec.column]
+        drifted, note = _constant_verdict(spec, threshold, ref_values, cur_values)
+        if drifted is not None and note is not None:
+            decided[spec.column] = ColumnDrift(
+                spec.column, spec.method, None, threshold, drifted, spec.kind, note
+            )
+        elif note is not None:
+            notes[spec.column] = note
+    return decided, notes
+
+
+def _values_to_judge(series: pd.Series, spec: _Spec, side: str, min_rows: int) -> pd.Series:
+    """The column's usable values; CannotEvaluate when there are none or too few to judge."""
+    values = _usable_values(series, spec.kind)
+    if len(values) == 0:
+        raise CannotEvaluate(f"column {spec.column!r} is entirely NaN in {side}")
+    if len(values) < min_rows:
+        raise CannotEvaluate(
+            f"column {spec.column!r} has {len(values)} non-missing values in {side}, "
+            f"fewer than min_rows={min_rows}"
+        )
+    return values
+
+
+def _constant_verdict(
+    spec: _Spec, threshold: float, ref_values: pd.Series, cur_values: pd.Series
+) -> tuple[bool | None, str | None]:
+    """(drifted, note) for a column constant on a side; drifted None: let Evidently test it.
+
+    A constant is evidence: the same one on both sides is no drift, two different ones or a
+    reference that never varied are drift, and a constant window against a varying reference
+    is tested as usual when the test gives a valid result (else drifted).
     """
-    spec = monitor.per_feature.get(column)
-    if spec is not None:
-        return spec.method, spec.threshold
-    return monitor.method, monitor.threshold
+    ref_const, ref_value = _constant_value(ref_values, spec.kind)
+    cur_const, cur_value = _constant_value(cur_values, spec.kind)
+    if ref_const and cur_const:
+        if ref_value == cur_value:
+            return False, f"constant {ref_value!r} in both reference and current"
+        return True, f"constant {ref_value!r} in reference, {cur_value!r} in current"
+    if ref_const:
+        return True, f"constant {ref_value!r} in reference, varies in current"
+    if not cur_const:
+        return None, None
+    note = f"constant {cur_value!r} in current, varies in reference"
+    problem = _invalid_test(spec, threshold, ref_values, cur_values)
+    if problem is None:
+        return None, note
+    return True, f"{note}; {spec.method} gives no valid result ({problem}): drifted"
+
+
+def _invalid_test(
+    spec: _Spec, threshold: float, ref_values: pd.Series, cur_values: pd.Series
+) -> str | None:
+    """Why Evidently's stat test gives no valid result on these values (None: it does).
+
+    Evidently runs the very same registered test; probing first keeps one degenerate column
+    from failing the whole report.
+    """
+    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
+
+    stattest = get_registered_stattest(spec.method, _evidently_kind(spec.kind))
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            result = stattest(ref_values, cur_values, _evidently_kind(spec.kind), threshold)
+    except Exception as exc:  # any failure of a third-party test means "no valid result"
+        first_sentence = " ".join(str(exc).split()).split(". ")[0].rstrip(".")
+        return f"{type(exc).__name__}: {first_sentence}"[:200]
+    score = float(result.drift_score)
+    return None if math.isfinite(score) else f"score {score}"
+
+
+def _run_evidently(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    specs: list[_Spec],
+    *,
+    html_path: Path | None,
+    json_path: Path | None,
+) -> dict[str, ColumnDrift]:
+    """Run the report on the tested columns, save it if asked, parse it once."""
+    snapshot = _run_report(ref, cur, specs, figures=html_path is not None)
+    for path, save in ((html_path, snapshot.save_html), (json_path, snapshot.save_json)):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(str(path))
+    kinds = {s.column: s.kind for s in specs}
+    by_column = {c.column: c for c in _parse_snapshot(json.loads(snapshot.json()), kinds)}
+    missing = [s.column for s in specs if s.column not in by_column]
+    if missing:
+        raise CannotEvaluate(f"column {missing[0]!r}: Evidently returned no drift result")
+    return by_column
 
 
 def _run_report(
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
-    columns: list[str],
-    monitor: MonitorParams,
-    *,
-    figures: bool = True,
+    reference: pd.DataFrame, current: pd.DataFrame, specs: list[_Spec], *, figures: bool
 ) -> Any:
     """One explicit Evidently ValueDrift metric per column, with Evidently's tests.
 
@@ -209,53 +430,29 @@ def _run_report(
 
     from driftloop.evidently_metrics import ValueDriftScore
 
-    numeric = [c for c in columns if _is_numeric(reference[c]) and _is_numeric(current[c])]
-    categorical = [c for c in columns if c not in numeric]
-    _check_methods(columns, numeric, monitor)
+    columns = [s.column for s in specs]
     definition = DataDefinition(
-        numerical_columns=numeric,
-        categorical_columns=categorical,
+        numerical_columns=[s.column for s in specs if s.kind == "numerical"],
+        categorical_columns=[s.column for s in specs if s.kind == "categorical"],
         text_columns=[],
         datetime_columns=[],
         unknown_columns=[],
         list_columns=[],
     )
     metric_type = ValueDrift if figures else ValueDriftScore
-    metrics = []
-    for name in columns:
-        method, threshold = stattest_for(name, monitor)
-        metrics.append(metric_type(column=name, method=method, threshold=threshold))
+    metrics = [metric_type(column=s.column, method=s.method, threshold=s.threshold) for s in specs]
     return Report(metrics, include_tests=True).run(
-        current_data=Dataset.from_pandas(current, data_definition=definition),
-        reference_data=Dataset.from_pandas(reference, data_definition=definition),
+        current_data=Dataset.from_pandas(_only(current, columns), data_definition=definition),
+        reference_data=Dataset.from_pandas(_only(reference, columns), data_definition=definition),
     )
 
 
-def _is_numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+def _only(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The tested columns alone (Evidently copies and profiles every column it is given)."""
+    return frame if list(frame.columns) == columns else frame[columns]
 
 
-def _check_methods(columns: list[str], numeric: list[str], monitor: MonitorParams) -> None:
-    """A method Evidently does not know, or not for this column type, is a params.yaml error."""
-    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
-    from evidently.legacy.core import ColumnType
-
-    for name in columns:
-        method, _ = stattest_for(name, monitor)
-        key = (
-            f"monitor.per_feature.{name}.method"
-            if name in monitor.per_feature
-            else "monitor.method"
-        )
-        kind = ColumnType.Numerical if name in numeric else ColumnType.Categorical
-        try:
-            get_registered_stattest(method, kind)
-        except ValueError as exc:
-            reason = str(exc).splitlines()[0]
-            raise ConfigError(f"params.yaml: key '{key}': {reason} (column {name!r})") from None
-
-
-def _parse_snapshot(raw: dict[str, Any]) -> list[ColumnDrift]:
+def _parse_snapshot(raw: dict[str, Any], kinds: Mapping[str, ColumnKind]) -> list[ColumnDrift]:
     """The one place that indexes Evidently's snapshot JSON: ValueDrift metrics and their tests."""
     status_by_metric = {t["metric_config"]["metric_id"]: t["status"] for t in raw["tests"]}
     results = []
@@ -276,16 +473,10 @@ def _parse_snapshot(raw: dict[str, Any]) -> list[ColumnDrift]:
                 score=score,
                 threshold=float(config["threshold"]),
                 drifted=status == "FAIL",  # Evidently's verdict: it knows p-value vs distance
+                kind=kinds[column],
             )
         )
     return results
-
-
-def _result_for(by_column: dict[str, ColumnDrift], column: str) -> ColumnDrift:
-    try:
-        return by_column[column]
-    except KeyError:
-        raise CannotEvaluate(f"column {column!r}: Evidently returned no drift result") from None
 
 
 # --- the retrain decision (pure) -------------------------------------------------------------
@@ -293,12 +484,43 @@ def _result_for(by_column: dict[str, ColumnDrift], column: str) -> ColumnDrift:
 
 @dataclass(frozen=True)
 class PerformanceCheck:
-    """The primary metric on the holdout (reference) and on labelled current rows."""
+    """The champion's holdout metrics (reference) and the same metrics on labelled window rows.
+
+    `metric` is the primary metric. `current` is empty when no window row has its label yet;
+    a metric may be NaN on the window (ROC AUC with one label class).
+    """
+
+    metric: str
+    reference: Mapping[str, float]
+    current: Mapping[str, float]
+    n_labelled: int
+    n_pending: int = 0  # window rows whose label has not arrived
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "reference": {k: _json_float(v) for k, v in self.reference.items()},
+            "current": {k: _json_float(v) for k, v in self.current.items()},
+            "n_labelled": self.n_labelled,
+            "n_pending": self.n_pending,
+        }
+
+
+@dataclass(frozen=True)
+class MetricJudgement:
+    """The metric judged: on the holdout and on the window, and why not the primary one."""
 
     metric: str
     reference: float
-    current: float | None  # None: labels have not arrived yet
-    n_labelled: int
+    current: float
+    instead_of: str | None = None  # why the primary metric was not judged
+
+    @property
+    def drop(self) -> float:
+        """How much worse current is than reference (positive = worse)."""
+        if self.metric in LOWER_IS_BETTER:
+            return self.current - self.reference
+        return self.reference - self.current
 
 
 @dataclass(frozen=True)
@@ -321,28 +543,33 @@ def decide_retrain(
 ) -> RetrainDecision:
     """Retrain on enough drift or a large enough metric drop, unless in cooldown; fail closed.
 
-    `unseen_season` (the champion's training data holds too few rows of this time of year to
-    be a reference) is a trigger of its own: the model is out of what it has seen.
+    `cannot_evaluate_reason` says why drift could not be judged (the summary, if any, is then
+    ignored). The metric is the primary one, or the first fallback defined on both holdout and
+    window. `unseen_season` (the champion's training data holds too few rows of this time of
+    year to be a reference) is a trigger of its own. "cannot_evaluate" only when neither drift,
+    nor a metric, nor an unseen season can be judged.
     """
     if cannot_evaluate_reason is not None:
-        return RetrainDecision("cannot_evaluate", _one_line(cannot_evaluate_reason))
-    if drift is None and unseen_season is None:
-        return RetrainDecision("cannot_evaluate", "no drift summary")
-    if performance is not None and _has_nan(performance):
-        return RetrainDecision(
-            "cannot_evaluate",
-            f"{performance.metric} is NaN (reference {performance.reference}, "
-            f"current {performance.current})",
-        )
-    drift_trigger = _drift_trigger(drift, monitor) if drift is not None else None
+        drift = None
+    judged = judge_performance(performance, monitor)
+    drift_note = f"drift not judged: {_one_line(cannot_evaluate_reason or 'no drift summary')}"
+    if drift is None and unseen_season is None and judged is None:
+        status = _metric_status(performance, judged, monitor)
+        return RetrainDecision("cannot_evaluate", f"{drift_note}; {status}")
     season_trigger = f"unseen season: {_one_line(unseen_season)}" if unseen_season else None
-    triggers = [
-        t for t in (season_trigger, drift_trigger, _metric_trigger(performance, monitor)) if t
-    ]
-    if not triggers and drift is not None:  # (no drift summary: unseen_season is a trigger)
-        status = "; ".join([_drift_status(drift, monitor), _metric_status(performance, monitor)])
+    drift_trigger = _drift_trigger(drift, monitor) if drift is not None else None
+    metric_trigger = _metric_trigger(performance, judged, monitor)
+    triggers = [t for t in (season_trigger, drift_trigger, metric_trigger) if t]
+    if not triggers:
+        drift_status = _drift_status(drift, monitor) if drift is not None else drift_note
+        status = "; ".join([drift_status, _metric_status(performance, judged, monitor)])
         return RetrainDecision("no_action", status)
-    wanted = "; ".join(triggers)
+    context = []  # what else was seen, not a trigger
+    if cannot_evaluate_reason is not None or (drift is None and unseen_season is None):
+        context.append(drift_note)
+    if performance is not None and metric_trigger is None:
+        context.append(_metric_status(performance, judged, monitor))
+    wanted = "; ".join(triggers + context)
     if last_retrain is not None and (today - last_retrain).days < monitor.cooldown_days:
         return RetrainDecision(
             "no_action",
@@ -352,12 +579,38 @@ def decide_retrain(
     return RetrainDecision("retrain", wanted)
 
 
+def judge_performance(
+    perf: PerformanceCheck | None, monitor: MonitorParams
+) -> MetricJudgement | None:
+    """The metric to judge, or None: no check, too few labels, or no metric defined on both.
+
+    The primary metric if it is defined (finite) on the holdout and the window; else the first
+    fallback (brier, then log_loss) defined on both, with the reason it stands in.
+    """
+    if perf is None or perf.n_labelled < monitor.min_labelled_rows or not perf.current:
+        return None
+    candidates = list(dict.fromkeys([perf.metric, *FALLBACK_METRICS]))
+    for name in candidates:
+        if _undefined(perf, name) is None:
+            instead = (
+                None if name == perf.metric else f"{perf.metric} {_undefined(perf, perf.metric)}"
+            )
+            return MetricJudgement(name, perf.reference[name], perf.current[name], instead)
+    return None
+
+
+def _undefined(perf: PerformanceCheck, metric: str) -> str | None:
+    """Where `metric` is undefined (missing or NaN): on the holdout, the window, both; or None."""
+    sides = [
+        side
+        for side, values in (("the holdout", perf.reference), ("the window", perf.current))
+        if not math.isfinite(values.get(metric, math.nan))
+    ]
+    return f"undefined on {' and '.join(sides)}" if sides else None
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split()) or "cannot evaluate"
-
-
-def _has_nan(perf: PerformanceCheck) -> bool:
-    return math.isnan(perf.reference) or (perf.current is not None and math.isnan(perf.current))
 
 
 def _drift_trigger(drift: DriftSummary, monitor: MonitorParams) -> str | None:
@@ -379,42 +632,45 @@ def _drift_status(drift: DriftSummary, monitor: MonitorParams) -> str:
     return text
 
 
-def metric_drop(perf: PerformanceCheck) -> float | None:
-    """How much worse current is than reference (positive = worse); None without labels."""
-    if perf.current is None:
-        return None
-    if perf.metric in LOWER_IS_BETTER:
-        return perf.current - perf.reference
-    return perf.reference - perf.current
-
-
 def _exceeds(drop: float, limit: float) -> bool:
     """drop > limit, ignoring float noise: 0.80 -> 0.70 is a drop of 0.10, not 0.1000000001."""
     return drop - limit > _FLOAT_NOISE
 
 
-def _metric_trigger(perf: PerformanceCheck | None, monitor: MonitorParams) -> str | None:
-    if perf is None or perf.n_labelled < monitor.min_labelled_rows:
+def _metric_trigger(
+    perf: PerformanceCheck | None, judged: MetricJudgement | None, monitor: MonitorParams
+) -> str | None:
+    if judged is None or not _exceeds(judged.drop, monitor.max_metric_drop):
         return None
-    drop = metric_drop(perf)
-    if drop is None or not _exceeds(drop, monitor.max_metric_drop):
-        return None
-    return f"performance: {_metric_status(perf, monitor)}"
+    return f"performance: {_metric_status(perf, judged, monitor)}"
 
 
-def _metric_status(perf: PerformanceCheck | None, monitor: MonitorParams) -> str:
+def _metric_status(
+    perf: PerformanceCheck | None, judged: MetricJudgement | None, monitor: MonitorParams
+) -> str:
     if perf is None:
         return "no performance check"
-    drop = metric_drop(perf)
-    if drop is None or perf.current is None:
-        return f"{perf.metric}: labels not arrived yet"
+    pending = _pending(perf.n_pending)
+    if perf.n_labelled == 0 or not perf.current:
+        return f"{perf.metric}: labels not arrived yet" + (f" ({pending})" if pending else "")
+    counts = f"{perf.n_labelled} labelled rows" + (f", {pending}" if pending else "")
     if perf.n_labelled < monitor.min_labelled_rows:
-        return (
-            f"{perf.metric}: {perf.n_labelled} labelled rows < {monitor.min_labelled_rows}, "
-            "not judged"
-        )
-    cmp = ">" if _exceeds(drop, monitor.max_metric_drop) else "<="
-    return (
-        f"{perf.metric} {perf.reference:.3f} -> {perf.current:.3f} "
-        f"(drop {drop:+.3f} {cmp} {monitor.max_metric_drop:.3f}, {perf.n_labelled} labelled rows)"
+        return f"{perf.metric}: {counts} < {monitor.min_labelled_rows}, not judged"
+    if judged is None:
+        names = list(dict.fromkeys([perf.metric, *FALLBACK_METRICS]))
+        why = ", ".join(f"{m} {_undefined(perf, m)}" for m in names)
+        return f"performance not judged: {why} ({counts})"
+    cmp = ">" if _exceeds(judged.drop, monitor.max_metric_drop) else "<="
+    text = (
+        f"{judged.metric} {judged.reference:.3f} -> {judged.current:.3f} "
+        f"(drop {judged.drop:+.3f} {cmp} {monitor.max_metric_drop:.3f}, {counts})"
     )
+    if judged.instead_of:
+        text = f"{judged.instead_of}, judged on {judged.metric} instead: {text}"
+    return text
+
+
+def _pending(n: int) -> str:
+    if n <= 0:
+        return ""
+    return f"{n} label{'s' if n != 1 else ''} pending"
