@@ -247,8 +247,26 @@ def load_accepted(
         return CACHE.read(batch_files(raw_dir)[0].path).iloc[0:0].copy()
     frame[column] = as_ns(frame[column])
     frame = frame.loc[time_mask(frame[column], since, until)]
-    order = [column, *(c for c in params.data.entity_columns if c in frame.columns)]
-    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+    entities = [c for c in params.data.entity_columns if c in frame.columns]
+    return frame.take(sort_order(frame, column, entities)).reset_index(drop=True)
+
+
+def _codes(values: pd.Series) -> np.ndarray:
+    """Integer codes that sort like the values (nulls last)."""
+    try:
+        codes, uniques = pd.factorize(values, sort=True)
+    except TypeError:  # mixed types cannot be ordered: order by text
+        codes, uniques = pd.factorize(values.astype(str), sort=True)
+    return np.where(codes < 0, len(uniques), codes)
+
+
+def sort_order(frame: pd.DataFrame, time_column: str, entities: list[str]) -> np.ndarray:
+    """Row positions sorted by (time, *entities), stable (fast for millions of rows)."""
+    ticks = frame[time_column].to_numpy(dtype=NS_DTYPE).view("i8")
+    if not entities:
+        return np.argsort(ticks, kind="stable")
+    keys = [_codes(frame[c]) for c in reversed(entities)]
+    return np.lexsort([*keys, ticks])  # the last key sorts first; lexsort is stable
 
 
 def label_columns(params: Params) -> tuple[str, str]:

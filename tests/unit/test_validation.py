@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,11 @@ import yaml
 
 from driftloop.config import Params, load_params, parse_params
 from driftloop.sources import load_seattle, read_batch_file
-from driftloop.validation import ValidationReport, quarantine, validate_batch
+from driftloop.validation import ValidationReport, build_history, quarantine, validate_batch
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
 GARBLED = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\xff\xfe" * 8
+NOW = dt.datetime(2016, 1, 1)  # the gate's clock: every Seattle date is in the past
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +90,6 @@ def _duplicate_date(f: pd.DataFrame) -> pd.DataFrame:
     return f
 
 
-def _unsorted_dates(f: pd.DataFrame) -> pd.DataFrame:
-    return f.iloc[[0, 2, 1, *range(3, len(f))]].reset_index(drop=True)
-
-
 def _unparseable_date(f: pd.DataFrame) -> pd.DataFrame:
     f.loc[5, "date"] = pd.NaT
     return f
@@ -127,7 +123,6 @@ BROKEN = [
     pytest.param(
         _duplicate_date, "expect_column_values_to_be_unique", "date", id="duplicate dates"
     ),
-    pytest.param(_unsorted_dates, "expect_column_values_to_be_increasing", "date", id="unsorted"),
     pytest.param(_unparseable_date, NOT_NULL, "date", id="unparseable date"),
     pytest.param(_no_date_column, EXISTS, "date", id="no date column"),
     pytest.param(_string_dates, TYPE, "date", id="unparsed date strings"),
@@ -203,23 +198,45 @@ def test_max_null_share_allows_some_nulls(valid: pd.DataFrame) -> None:
     assert failed_labels(report) == ["expect_column_values_to_not_be_null(wind)"]
 
 
+def seattle_days(first: str, last: str) -> pd.DataFrame:
+    frame = load_seattle()
+    return frame[(frame["date"] >= first) & (frame["date"] <= last)].reset_index(drop=True)
+
+
+ALREADY = "expect_column_values_to_be_null(already_accepted:date)"
+
+
 @pytest.mark.parametrize(
-    ("after", "success"),
+    ("accepted", "success"),
     [
-        (dt.date(2011, 12, 31), True),  # the day before the batch starts
-        (dt.date(2012, 1, 1), False),  # the first day was already accepted
-        (dt.date(2012, 1, 5), False),  # half the batch overlaps
-        (dt.date(2012, 2, 1), False),  # entirely old data
+        (("2012-01-11", "2012-01-20"), True),  # late data: older than accepted, new dates
+        (("2012-01-10", "2012-01-12"), False),  # the last day was already accepted
+        (("2012-01-06", "2012-01-15"), False),  # half the batch overlaps
+        (("2012-01-01", "2012-01-10"), False),  # the same rows again
     ],
 )
-def test_after_rejects_overlap_with_accepted_data(
-    valid: pd.DataFrame, params: Params, after: dt.date, success: bool
+def test_only_keys_already_accepted_are_refused(
+    valid: pd.DataFrame, params: Params, accepted: tuple[str, str], success: bool
 ) -> None:
-    report = validate_batch(valid, params, after=after)
+    history = build_history(seattle_days(*accepted), params)
+    report = validate_batch(valid, params, history=history, now=NOW)
     assert report.success is success, report.summary()
     if not success:
-        assert failed_labels(report) == ["expect_column_values_to_be_between(date)"]
-        assert "expect_column_values_to_be_between(date)" in report.summary()
+        assert failed_labels(report) == [ALREADY]
+        assert ALREADY in report.summary()
+
+
+def test_the_refused_keys_are_named(valid: pd.DataFrame, params: Params) -> None:
+    history = build_history(seattle_days("2012-01-09", "2012-01-31"), params)
+    (failure,) = validate_batch(valid, params, history=history, now=NOW).failures
+    assert failure.observed == ["2012-01-09", "2012-01-10"]
+    assert failure.unexpected_percent == 20.0
+
+
+def test_an_unsorted_batch_is_accepted(valid: pd.DataFrame, params: Params) -> None:
+    shuffled = valid.iloc[[3, 0, 2, 1, *range(4, len(valid))]].reset_index(drop=True)
+    report = validate_batch(shuffled, params, history=build_history(None, params), now=NOW)
+    assert report.success, report.summary()
 
 
 def _write_semicolon_csv(path: Path, frame: pd.DataFrame) -> None:
@@ -277,8 +294,9 @@ def test_read_error_fails_even_if_every_expectation_passes(
 
 def test_to_dict_is_stable_plain_json(valid: pd.DataFrame, params: Params) -> None:
     broken = _all_nan_temp_min(_duplicate_date(valid))
-    first = validate_batch(broken, params, after=dt.date(2012, 1, 2)).to_dict()
-    second = validate_batch(broken.copy(), params, after=dt.date(2012, 1, 2)).to_dict()
+    history = build_history(seattle_days("2012-01-02", "2012-01-02"), params)
+    first = validate_batch(broken, params, history=history, now=NOW).to_dict()
+    second = validate_batch(broken.copy(), params, history=history, now=NOW).to_dict()
     assert first == second
     text = json.dumps(first, allow_nan=False, sort_keys=True)  # no numpy, Timestamp or NaN
     assert json.loads(text) == first
@@ -287,6 +305,11 @@ def test_to_dict_is_stable_plain_json(valid: pd.DataFrame, params: Params) -> No
     )
     assert dates["observed"] == ["2012-01-04 00:00:00", "2012-01-04 00:00:00"]
     assert dates["unexpected_percent"] == 20.0
+    assert [o["column"] for o in first["outcomes"] if not o["success"]] == [
+        "date",
+        "temp_min",
+        "already_accepted:date",
+    ]
 
 
 def test_quarantine_keeps_original_bytes_report_and_docs_and_never_overwrites(
@@ -321,17 +344,19 @@ def test_quarantine_keeps_original_bytes_report_and_docs_and_never_overwrites(
 
 
 @pytest.mark.parametrize("batch_id", ["", "..", "a/b", "../escape"])
-def test_quarantine_rejects_unsafe_batch_ids(params: Params, tmp_path: Path, batch_id: str) -> None:
-    report = ValidationReport(success=False, evaluated=0, failed=0, outcomes=(), params=params)
+def test_quarantine_rejects_unsafe_batch_ids(
+    valid: pd.DataFrame, params: Params, tmp_path: Path, batch_id: str
+) -> None:
+    report = validate_batch(_temp_max_out_of_range(valid), params)
     with pytest.raises(ValueError, match="batch_id"):
         quarantine(report, tmp_path, batch_id, frame=pd.DataFrame())
     assert list(tmp_path.iterdir()) == []
 
 
-def test_quarantine_needs_a_batch_and_a_gate_report(params: Params, tmp_path: Path) -> None:
-    report = ValidationReport(success=False, evaluated=0, failed=0, outcomes=(), params=params)
+def test_quarantine_needs_a_batch_and_a_gate_report(tmp_path: Path) -> None:
+    report = ValidationReport(success=False, evaluated=0, failed=0, outcomes=())
     with pytest.raises(ValueError, match="source file or the frame"):
         quarantine(report, tmp_path / "q", "b1")
     with pytest.raises(ValueError, match="made by validate_batch"):
-        quarantine(replace(report, params=None), tmp_path / "q", "b1", frame=pd.DataFrame())
+        quarantine(report, tmp_path / "q", "b1", frame=pd.DataFrame())
     assert not (tmp_path / "q").exists()
