@@ -303,7 +303,7 @@ class PromoteParams(_Strict):
 class FeatureDrift(_Strict):
     """Evidently stattest for one column: method name and threshold."""
 
-    method: str = "ks"
+    method: str | None = None  # None: the default method for the column's kind
     threshold: float | None = None
 
 
@@ -314,7 +314,9 @@ class MonitorParams(_Strict):
     drift_share: float = Field(0.5, gt=0.0, le=1.0)  # retrain when this share of columns drift
     method: str = "ks"  # Evidently stattest for numerical columns
     threshold: float | None = None  # its threshold (None: Evidently's)
-    categorical_method: str = "chisquare"  # Evidently stattest for categorical columns
+    # Evidently stattest for categorical columns: a distance (chisquare against the reference's
+    # proportions false-alarms often when the reference is about as small as the window)
+    categorical_method: str = "jensenshannon"
     categorical_threshold: float | None = None
     prediction_method: str = "ks"  # on the predicted probability
     prediction_threshold: float | None = None

@@ -217,9 +217,12 @@ def _column_specs(
     specs = []
     for name, kind, method_field in roles:
         own = monitor.per_feature.get(name)
-        if own is not None:
+        if own is not None and own.method is not None:
             key = f"monitor.per_feature.{name}.method"
             specs.append(_Spec(name, kind, own.method, own.threshold, key))
+        elif own is not None:  # a threshold alone: the kind's default method
+            method = getattr(monitor, method_field)
+            specs.append(_Spec(name, kind, method, own.threshold, f"monitor.{method_field}"))
         else:
             method = getattr(monitor, method_field)
             threshold = getattr(monitor, method_field.replace("method", "threshold"))

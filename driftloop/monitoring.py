@@ -7,6 +7,7 @@ recorded on the model version), never a copy kept by hand. The decision is `drif
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -64,11 +65,10 @@ class MonitorResult:
 
 def _history(params: Params) -> pd.Timedelta:
     """How far before a window its history features look back."""
-    step = (
-        pd.Timedelta(params.data.frequency or "1D")
-        if params.data.frequency
-        else pd.Timedelta(days=1)
-    )
+    step = pd.Timedelta(days=1)
+    if params.data.frequency:
+        with contextlib.suppress(ValueError):  # a non-fixed frequency (e.g. month starts)
+            step = pd.Timedelta(pd.tseries.frequencies.to_offset(params.data.frequency))
     lags = max(params.features.lags.periods, default=0) * step
     windows = [pd.Timedelta(w) for w in params.features.rolling.windows]
     return max([lags, *windows, pd.Timedelta(0)]) + step
@@ -358,9 +358,12 @@ def log_monitoring(params: Params, settings: Settings, result: MonitorResult) ->
     metrics: dict[str, float] = {}
     if result.drift is not None:
         metrics["drifted_share"] = result.drift.drifted_share
-        metrics.update({f"drift_{c.column}": c.score for c in result.drift.columns})
-        if result.drift.prediction is not None:
-            metrics["drift_prediction"] = result.drift.prediction.score
+        metrics.update(
+            {f"drift_{c.column}": c.score for c in result.drift.columns if c.score is not None}
+        )
+        prediction = result.drift.prediction
+        if prediction is not None and prediction.score is not None:
+            metrics["drift_prediction"] = prediction.score
     perf = result.performance
     if perf is not None:
         metrics.update({f"current_{k}": v for k, v in perf.current.items()})

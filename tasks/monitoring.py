@@ -35,7 +35,7 @@ def _markdown(result: MonitorResult) -> str:
         if result.drift.prediction is not None:
             cols.append(result.drift.prediction)
         lines += [
-            f"| {c.column} | {c.method} | {c.score:.4g} | {c.threshold:.4g} | {c.drifted} |"
+            f"| {c.column} | {c.method} | {_score(c.score)} | {c.threshold:.4g} | {c.drifted} |"
             for c in cols
         ]
     perf = result.performance
@@ -44,6 +44,10 @@ def _markdown(result: MonitorResult) -> str:
     if result.out_dir is not None and (result.out_dir / "drift.html").exists():
         lines += ["", f"Evidently report: [drift.html]({(result.out_dir / 'drift.html').as_uri()})"]
     return "\n".join(lines)
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 @task(name="monitor", cache_policy=NONE)
