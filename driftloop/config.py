@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import yaml
 from pydantic import (
@@ -547,6 +547,25 @@ def load_context(
     settings = Settings(**overrides)
     apply_env_defaults(settings)
     return load_params(settings.params), settings
+
+
+class FlowTarget(TypedDict):
+    """Flow parameters naming exactly one project and model (explicit, never via os.environ)."""
+
+    project: str
+    params_file: str
+    home: str
+    tracking_uri: str
+
+
+def flow_target(settings: Settings) -> FlowTarget:
+    """What a subflow or a deployment run needs to work on the same project and model."""
+    return FlowTarget(
+        project=str(settings.project),
+        params_file=str(settings.params),
+        home=str(settings.state_dir),
+        tracking_uri=settings.mlflow_uri,
+    )
 
 
 QUIET_OFFLINE_ENV = {

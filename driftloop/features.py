@@ -111,8 +111,8 @@ def _calendar(timestamps: pd.Series, names: list[str]) -> dict[str, pd.Series]:
     out: dict[str, pd.Series] = {}
     if "day_of_year" in names:
         day = ts.dt.dayofyear.astype(float)
-        out["doy_sin"] = np.sin(2 * np.pi * day / 365.25)
-        out["doy_cos"] = np.cos(2 * np.pi * day / 365.25)
+        out["doy_sin"] = pd.Series(np.sin(2 * np.pi * day / 365.25), index=ts.index)
+        out["doy_cos"] = pd.Series(np.cos(2 * np.pi * day / 365.25), index=ts.index)
     if "weekday" in names:
         out["weekday"] = ts.dt.weekday.astype(float)
     if "hour" in names:

@@ -68,7 +68,8 @@ def _history(params: Params) -> pd.Timedelta:
     step = pd.Timedelta(days=1)
     if params.data.frequency:
         with contextlib.suppress(ValueError):  # a non-fixed frequency (e.g. month starts)
-            step = pd.Timedelta(pd.tseries.frequencies.to_offset(params.data.frequency))
+            offset = pd.tseries.frequencies.to_offset(params.data.frequency)
+            step = pd.Timedelta(offset.nanos, "ns")
     lags = max(params.features.lags.periods, default=0) * step
     windows = [pd.Timedelta(w) for w in params.features.rolling.windows]
     return max([lags, *windows, pd.Timedelta(0)]) + step

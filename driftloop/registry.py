@@ -44,12 +44,12 @@ class ModelRef:
     @property
     def lineage(self) -> Lineage:
         """What this version was trained on (read from its tags)."""
-        return Lineage.from_tags(self.tags)  # type: ignore[no-any-return]
+        return Lineage.from_tags(self.tags)
 
     @property
     def verdict(self) -> Verdict:
         """The promotion decision recorded on this version."""
-        return Verdict.from_tags(self.tags)  # type: ignore[no-any-return]
+        return Verdict.from_tags(self.tags)
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -78,29 +78,52 @@ class ModelCache:
 MODELS = ModelCache()  # the process's cache; tests call MODELS.clear()
 
 
-def connect(settings: Settings) -> Any:
-    """Point MLflow at the configured store and return a client (schema ready, WAL on)."""
+def connect(settings: Settings, read_only: bool = False) -> Any:
+    """Point MLflow at the configured store and return a client (schema ready, WAL on).
+
+    `read_only` (status, lineage): no lock, schema creation or WAL switch, and None when the
+    embedded SQLite store does not exist yet, since a read never creates it. A store that cannot
+    be used raises a one-line RegistryError naming its URI (a server that does not answer fails
+    within MLFLOW_HTTP_REQUEST_TIMEOUT and _MAX_RETRIES, set by `apply_env_defaults`).
+    """
+    uri = settings.mlflow_uri
+    db = _sqlite_path(uri)
+    if read_only and db is not None and not db.exists():
+        return None
     import mlflow
     from mlflow import MlflowClient
 
-    uri = settings.mlflow_uri
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)  # "no pip in venv"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if uri in _READY:
         return MlflowClient(uri)
-    db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        # Concurrent first use breaks MLflow's migrations: create the schema once, under a lock.
-        with project_lock(settings.lock_dir, "mlflow-init"):
-            client = MlflowClient(uri)
-            _call(client.search_experiments, max_results=1)
-            with sqlite3.connect(db) as conn:
-                conn.execute("PRAGMA journal_mode=WAL")
-    else:
-        client = MlflowClient(uri)
-        _call(client.search_experiments, max_results=1)
+    try:
+        if db is None:
+            client = _call(MlflowClient, uri)
+            _call(client.search_experiments, max_results=1)  # is the server there?
+        elif read_only:
+            return _call(MlflowClient, uri)  # its store checks the schema version
+        else:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # Concurrent first use breaks MLflow's migrations: create the schema once, locked.
+            with project_lock(settings.lock_dir, "mlflow-init"):
+                client = _call(MlflowClient, uri)
+                _call(client.search_experiments, max_results=1)
+                with sqlite3.connect(db) as conn:
+                    conn.execute("PRAGMA journal_mode=WAL")
+    except RegistryError as exc:
+        root: BaseException = exc
+        for _ in range(20):  # the innermost cause: e.g. ConnectionRefusedError under 4 wrappers
+            inner = root.__cause__ or root.__context__
+            if inner is None:
+                break
+            root = inner
+        if isinstance(root, OSError):
+            reason = f"not reachable ({root.strerror or str(root) or type(root).__name__})"
+        else:
+            reason = str(exc).removeprefix("MLflow: ")
+        raise RegistryError(f"MLflow store {uri}: {reason}") from exc
     _READY.add(uri)
     return client
 

@@ -88,18 +88,8 @@ def prepare_workspace(params: Params, settings: Settings, name: str | None = Non
         project=root,
         home=root / ".driftloop",
         tracking_uri=settings.mlflow_uri,
-        DRIFTLOOP_PARAMS=root / "params.yaml",  # type: ignore[call-arg]
+        DRIFTLOOP_PARAMS=root / "params.yaml",
     )
-
-
-def workspace_args(ws: Settings) -> dict[str, str]:
-    """The flow parameters that point a subflow at the workspace (explicit, no env rewriting)."""
-    return {
-        "project": str(ws.project),
-        "params_file": str(ws.params),
-        "home": str(ws.state_dir),
-        "tracking_uri": ws.mlflow_uri,
-    }
 
 
 # -- predictions of each strategy ---------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from prefect import flow
 
 from driftloop import stages
+from driftloop.config import flow_target
 from flows.training import context
 from tasks import monitoring as m
 from tasks import training as t
@@ -46,12 +47,7 @@ def monitor_flow(
 ) -> dict[str, Any]:
     """Drift and performance of the champion on the newest window; retrain when decided."""
     params, settings = context(project, params_file, home, tracking_uri)
-    where = {  # the retrain runs on exactly this project and model, whoever starts it
-        "project": str(settings.project),
-        "params_file": str(settings.params),
-        "home": str(settings.state_dir),
-        "tracking_uri": settings.mlflow_uri,
-    }
+    where = flow_target(settings)  # the retrain runs on this project and model, whoever starts it
     result = m.monitor(params, settings, as_of)
     if version:
         m.version_outputs(params, settings)
@@ -66,6 +62,10 @@ def monitor_flow(
                 reason=result.decision.reason, until=result.as_of, **where
             )
         else:
-            parameters = {"reason": result.decision.reason, "until": result.as_of, **where}
+            parameters: dict[str, Any] = {
+                "reason": result.decision.reason,
+                "until": result.as_of,
+                **where,
+            }
             summary["retrain"] = m.start_retrain(RETRAIN_DEPLOYMENT, parameters, wait)
     return summary

@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from driftloop import replay
-from driftloop.config import load_params
+from driftloop.config import flow_target, load_params
 from driftloop.errors import TrainingError
 from flows.monitoring import monitor_flow
 from flows.training import context, training_flow
@@ -28,7 +28,7 @@ def replay_flow(
     started = time.monotonic()
     params, settings = context(project, params_file)
     ws = replay.prepare_workspace(params, settings, name)
-    where = replay.workspace_args(ws)
+    where = flow_target(ws)
     calendar = replay.step_dates(params)[:steps]
     timeline: list[replay.Step] = []
     wparams = load_params(ws.params)
