@@ -43,14 +43,14 @@ _INT_TYPES = ["int", "int64", "int32", "int16", "int8", "uint64", "uint32", "uin
 _INT_TYPES += ["Int64Dtype", "Int32Dtype", "Int16Dtype", "Int8Dtype"]
 _FLOAT_TYPES = ["float", "float64", "float32", "float16", "Float64Dtype", "Float32Dtype"]
 _STR_TYPES = ["str", "string", "StringDtype"]
-_CATEGORY_TYPES = ["category", "CategoricalDtype", "CategoricalDtypeType"]
-# Whole numbers in a CSV read as int64, so a float column accepts integer types too; a category
-# column read from a CSV is text, and a str column written as a pandas category is still text.
+# Whole numbers in a CSV read as int64, so a float column accepts integer types too. GE cannot
+# type-check pandas categoricals, so the gate checks their values (see `_decategorize`): a
+# `category` column is text, whether read from a CSV or stored as a pandas category.
 TYPE_LISTS = {
     "float": _FLOAT_TYPES + _INT_TYPES,
     "int": _INT_TYPES,
-    "str": _STR_TYPES + _CATEGORY_TYPES,
-    "category": _CATEGORY_TYPES + _STR_TYPES,
+    "str": _STR_TYPES,
+    "category": _STR_TYPES,
     "bool": ["bool", "boolean", "BooleanDtype"],
 }
 NUMERIC_DTYPES = frozenset({"float", "int"})
@@ -276,9 +276,16 @@ def off_frequency(times: pd.Series, frequency: str) -> np.ndarray:
     return np.asarray(times.notna() & ~aligned, dtype=bool)
 
 
+def _decategorize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Pandas categorical columns as their plain values (object), which GE can type-check."""
+    stored = [c for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)]
+    return frame.astype({c: object for c in stored}) if stored else frame
+
+
 def prepare_batch(frame: pd.DataFrame, params: Params, history: History | None) -> pd.DataFrame:
     """The batch with its timestamps as datetime64[ns] and the derived columns the suite needs."""
     data = params.data
+    frame = _decategorize(frame)
     column = data.timestamp_column
     if column not in frame.columns or not pd.api.types.is_datetime64_any_dtype(frame[column]):
         return frame  # the type expectation fails; nothing to derive from
@@ -298,6 +305,7 @@ def prepare_labels(
 ) -> pd.DataFrame:
     """The label batch with derived columns: ids not in accepted data, conflicting labels."""
     join, label = label_columns(params)
+    frame = _decategorize(frame)
     if history is None or join not in frame.columns:
         return frame
     ids = frame[join]
