@@ -65,9 +65,11 @@ def run_adapter(ref: pd.DataFrame, cur: pd.DataFrame, method: str, threshold: fl
     from driftloop.config import MonitorParams
     from driftloop.drift import compute_drift
 
-    monitor = MonitorParams(method=method, threshold=threshold)
+    # max_rows = all rows: the same work as the other two (monitoring samples down to
+    # params.yaml's monitor.max_rows, 200,000 by default, before it calls Evidently)
+    monitor = MonitorParams(method=method, threshold=threshold, max_rows=max(len(ref), 1000))
     start = time.perf_counter()
-    summary = compute_drift(ref, cur, COLUMNS, monitor)
+    summary = compute_drift(ref, cur, COLUMNS, [], monitor)
     return time.perf_counter() - start, list(summary.drifted_columns)
 
 

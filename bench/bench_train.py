@@ -1,796 +1,332 @@
-"""Benchmark driftloop's training pipeline against a bare pandas + scikit-learn baseline.
+"""Benchmark the training pipeline against a bare pandas + scikit-learn baseline.
 
-For each size (the Seattle data, or N synthetic weather-like daily rows) the same Parquet file is
-trained on by two kinds of fresh subprocess, whose wall time and peak RSS (wait4 ru_maxrss;
-interpreter start, imports and exit included) are measured:
+For each dataset (flights, synthetic events) and size, the same Parquet and params files go
+through `bare_train.py` and through `driftloop --params params.yaml run --json` (ingest ->
+validate -> train -> evaluate -> register -> promote) in a new throwaway project, against a local
+Prefect server started once (or `--prefect-api`). Each is a new process, run `--repeat` times,
+bare and pipeline alternating so that load on the machine hits both alike.
 
-- bare: bench/bare_train.py, the same features, split, CV folds, model and metrics in plain pandas
-  + scikit-learn (no driftloop, Prefect, MLflow, Great Expectations or DVC);
-- pipeline: bench/pipeline_child.py runs `flows.training.training_flow(source=<file>)` (ingest:
-  GE gate, DVC add + push -> GE over all data -> train -> evaluate -> MLflow log + register ->
-  promote) in a new temporary project (git + DVC with a local remote, params.yaml copied from the
-  repo, MLflow store created beforehand), against a Prefect server this script starts (or
-  `--prefect-api URL`).
+It prints wall (median and min-max), CPU and peak RSS per run kind, the pipeline/bare ratio, and
+per dataset a line `wall = fixed + slope * rows` fitted to the medians of each kind:
 
-Each kind runs --repeat times per size and the fastest run is reported (the machine is shared:
-other load only ever adds time). A line wall = fixed + slope * rows is fitted over the sizes for
-both; reported against the targets marginal overhead per row (pipeline slope / bare slope - 1)
-<= 10 % and fixed overhead (pipeline fixed - bare fixed) <= 10 s against a running Prefect server.
-Because training dominates at large sizes and its noise on a shared machine exceeds the overhead,
-the same figures are also given with each run's own CV + final fit time subtracted (that work is
-identical in both kinds, and the AUCs are checked to match).
-Extras at the Seattle size: a cold MLflow store, and Prefect's ephemeral mode (fresh, then reused
-PREFECT_HOME). When a target is missed (or with --breakdown) the pipeline runs once more at the
-smallest and largest size with the heavy imports timed one by one.
+- FIXED overhead = pipeline fixed - bare fixed (target <= 10 s against a running server);
+- MARGINAL overhead per row = (pipeline slope - bare slope) / bare slope (target <= 10 %).
 
-Both kinds run with OMP_NUM_THREADS=1 (--threads): on this shared 2-core machine scikit-learn's
-OpenMP threads wait on each other whenever another process holds a core, and the same CV took
-2 s single-threaded but 30-40 s with two threads, so two threads would measure the neighbours.
-The marginal overhead is also printed in seconds per 100k rows, which does not depend on that.
+    uv run python -m bench.bench_train                 # flights 50 % + 100 %, synthetic 500k + 2M
+    uv run python -m bench.bench_train --quick         # smoke: synthetic 20k + 60k
+    uv run python -m bench.bench_train --check         # exit 1 when a target is missed
 
-Children get a private bytecode cache (PYTHONPYCACHEPREFIX in the work dir, warmed by one
-unreported run of each kind), because this environment sets PYTHONDONTWRITEBYTECODE=1 and the venv
-holds no .pyc files, so every process would otherwise recompile every module it imports.
---no-pycache measures the environment as it is.
-
-    uv run python bench/bench_train.py
-    uv run python bench/bench_train.py --sizes seattle,50000 --repeat 1 --no-extras
-    uv run python bench/bench_train.py --prefect-api http://127.0.0.1:4200/api
-
-Dates must be daily (lag features mean "yesterday") and fit datetime64[ns] (1677-09-22 to
-2262-04-11, 213,503 days): driftloop fails on wider date units (see bench/README.md), so a larger
-size is capped and the output says so. Figures are printed, not asserted; JSON goes to
-bench/results/train.json.
+JSON goes to bench/results/train.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
+import math
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
-import time
-import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from scipy.signal import lfilter
 
-from driftloop.config import QUIET_OFFLINE_ENV, Params, load_params
+from bench import data, harness
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "bench"
+BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results" / "train.json"
-BIN = Path(sys.executable).parent
-PROJECT_FILES = ("params.yaml", "uv.lock", ".gitignore")
-
-# Daily dates that fit datetime64[ns]; synthetic data starts at 1800-01-01 when it fits.
-FIRST_DAY = pd.Timestamp("1677-09-22")
-LAST_DAY = pd.Timestamp("2262-04-11")
-MAX_DAILY_ROWS = (LAST_DAY - FIRST_DAY).days + 1
-PREFERRED_START = pd.Timestamp("1800-01-01")
-SEATTLE_ROWS = 1461
-
-TARGET_MARGINAL_PCT = 10.0
 TARGET_FIXED_S = 10.0
-CHILD_TIMEOUT_S = 3600
-
-
-# -- data ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Size:
-    """One benchmarked size: what was asked, what runs, and why they differ."""
-
-    label: str
-    rows: int
-    asked: list[str] = field(default_factory=list)
-    start: str | None = None
-    note: str = ""
-
-    @property
-    def capped(self) -> bool:
-        return bool(self.note)
-
-
-def plan_sizes(spec: str) -> list[Size]:
-    """Parse --sizes; cap synthetic sizes to the daily datetime64[ns] range; merge duplicates."""
-    planned: dict[int | str, Size] = {}
-    for item in (s.strip().lower() for s in spec.split(",") if s.strip()):
-        if item == "seattle":
-            planned.setdefault("seattle", Size("seattle", SEATTLE_ROWS, ["seattle"]))
-            continue
-        asked = int(float(item.replace("_", "")))
-        rows = min(asked, MAX_DAILY_ROWS)
-        # python dates: a span of more than ~292 years does not fit a (nanosecond) pd.Timedelta
-        latest_start = LAST_DAY.date() - dt.timedelta(days=rows - 1)
-        start = max(FIRST_DAY.date(), min(PREFERRED_START.date(), latest_start))
-        size = planned.setdefault(rows, Size(f"{rows:,}", rows, [], str(start)))
-        size.asked.append(f"{asked:,}")
-        if asked > rows:
-            size.note = (
-                f"{' and '.join(size.asked)} daily rows do not fit datetime64[ns] "
-                f"({FIRST_DAY.date()}..{LAST_DAY.date()}); capped to {rows:,}"
-            )
-    return sorted(planned.values(), key=lambda s: s.rows)
-
-
-def synthetic_weather(rows: int, start: str, seed: int = 7) -> pd.DataFrame:
-    """Seattle-like daily weather: seasonal temperatures, rain in spells (so tomorrow is learnable).
-
-    Rain comes from an AR(1) wetness process plus a winter-wet season term (about 42 % rain
-    days, 75 % day-to-day persistence); temperatures have a seasonal cycle and AR(1) anomalies.
-    """
-    rng = np.random.default_rng(seed)
-    dates = pd.date_range(start, periods=rows, freq="D")
-    winter = np.cos(2 * np.pi * (dates.dayofyear.to_numpy(float) - 15) / 365.25)
-    wetness = lfilter([1.0], [1.0, -0.6], rng.normal(0.0, 1.0, rows))
-    rain = wetness + 0.9 * winter > 0.3
-    amount = rng.gamma(0.8, 5.0, rows) * (1 + 0.5 * np.clip(wetness, 0, None))
-    precipitation = np.where(rain, np.clip(amount, 0.1, 300.0), 0.0).round(1)
-    anomaly = lfilter([1.0], [1.0, -0.8], rng.normal(0.0, 1.5, rows))
-    temp_max = np.clip(16.5 - 8.5 * winter + anomaly - 2.0 * rain, -35, 50).round(1)
-    temp_min = np.clip(temp_max - 8.0 + 2.5 * rain + rng.normal(0, 1.5, rows), -45, 40).round(1)
-    wind = np.clip(rng.gamma(4.0, 0.75, rows) + 1.2 * rain, 0, 50).round(1)
-    weather = np.where(precipitation > 1.0, "rain", np.where(precipitation > 0, "drizzle", "sun"))
-    return pd.DataFrame(
-        {
-            "date": dates,
-            "precipitation": precipitation,
-            "temp_max": temp_max,
-            "temp_min": temp_min,
-            "wind": wind,
-            "weather": weather.astype(object),
-        }
-    )
-
-
-def write_data(size: Size, folder: Path) -> Path:
-    """The size's batch as a Parquet file (the same file feeds bare and pipeline)."""
-    if size.label == "seattle":
-        from driftloop.sources import load_seattle
-
-        frame = load_seattle()
-    else:
-        assert size.start is not None
-        frame = synthetic_weather(size.rows, size.start)
-    path = folder / f"weather-{size.rows}.parquet"
-    frame.to_parquet(path, index=False)
-    return path
-
-
-def bare_config(params: Params) -> dict[str, Any]:
-    """What bare_train.py needs from params.yaml (validated and defaulted by driftloop)."""
-    return {
-        "date_column": params.data.date_column,
-        "numeric": params.features.numeric,
-        "lags": params.features.lags,
-        "rolling_windows": params.features.rolling_windows,
-        "season": params.features.season,
-        "target_column": params.target.column,
-        "horizon": params.target.horizon,
-        "threshold": params.target.threshold,
-        "holdout_days": params.train.holdout_days,
-        "cv_splits": params.train.cv_splits,
-        "seed": params.train.seed,
-        "model": params.train.model,
-        "hyperparams": params.train.hyperparams,
-    }
-
-
-# -- child processes -----------------------------------------------------------------------------
+TARGET_MARGINAL = 0.10
+KINDS = ("bare", "pipeline")
 
 
 @dataclass
-class Run:
-    """One measured child process."""
+class Case:
+    """One dataset at one size, with the runs of each kind."""
 
-    kind: str
-    size: str
-    rows: int
-    wall_s: float = 0.0
-    peak_mb: float = 0.0
-    cpu_s: float = 0.0
-    returncode: int = 0
-    load_before: float = 0.0
-    log: str = ""
-    out: dict[str, Any] = field(default_factory=dict)
-    phases: dict[str, float] = field(default_factory=dict)
-    tasks: dict[str, float] = field(default_factory=dict)
+    made: data.Made
+    dataset: str
+    runs: dict[str, list[harness.Run]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    auc: dict[str, list[float | None]] = field(default_factory=lambda: {k: [] for k in KINDS})
 
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and "error" not in self.out
+    def ok(self, kind: str) -> list[harness.Run]:
+        return [r for r in self.runs[kind] if r.returncode == 0]
 
-    @property
-    def train_s(self) -> float:
-        """Seconds of the work both kinds share exactly: time-series CV and the final fit."""
-        if self.kind == "bare":
-            return self.phases.get("time-series CV", 0.0) + self.phases.get("final fit", 0.0)
-        return float(self.out.get("steps", {}).get("CV + final fit", {}).get("seconds", 0.0))
+    def median_wall(self, kind: str) -> float | None:
+        ok = self.ok(kind)
+        return harness.Spread.of([r.wall_s for r in ok]).median if ok else None
 
 
-class Children:
-    """Starts the measured children, all with the same base environment."""
-
-    def __init__(self, work: Path, pycache: bool, threads: int) -> None:
-        self.work = work
-        self.pycache = pycache
-        self.threads = threads
-
-    def env(self, extra: dict[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:
-        skip = ("PREFECT_", "DRIFTLOOP_", "MLFLOW_TRACKING_URI")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
-        env.update(QUIET_OFFLINE_ENV)
-        if self.pycache:
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            env["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
-        if self.threads:
-            env["OMP_NUM_THREADS"] = str(self.threads)
-        env.update(extra)
-        for key in drop:
-            env.pop(key, None)
-        return env
-
-    def run(self, run: Run, cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> float:
-        """Run one child to completion, fill wall/peak/cpu/rc into `run`; return its start time."""
-        run.log, run.load_before = str(log), os.getloadavg()[0]
-        with log.open("wb") as fh:
-            spawned = time.time()
-            began = time.perf_counter()
-            proc = subprocess.Popen(
-                cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            timer = threading.Timer(CHILD_TIMEOUT_S, _kill_group, [proc.pid])
-            timer.start()
-            try:
-                _, status, usage = os.wait4(proc.pid, 0)
-            except BaseException:
-                _kill_group(proc.pid)
-                proc.wait()
-                raise
-            finally:
-                timer.cancel()
-            run.wall_s = time.perf_counter() - began
-        proc.returncode = run.returncode = os.waitstatus_to_exitcode(status)
-        _kill_group(proc.pid, signal.SIGTERM)  # leftovers of the run, if any
-        run.peak_mb = usage.ru_maxrss / 1024  # KiB on Linux; max over the child and its children
-        run.cpu_s = usage.ru_utime + usage.ru_stime
-        return spawned
-
-    def bare(self, size: Size, data: Path, config: Path, tag: str) -> Run:
-        name = f"bare-{size.rows}-{tag}"
-        out_dir, log = self.work / name, self.work / f"{name}.log"
-        cmd = [sys.executable, str(BENCH / "bare_train.py"), str(data), str(config), str(out_dir)]
-        run = Run("bare", size.label, size.rows)
-        spawned = self.run(run, cmd, self.work, self.env({}), log)
-        result = out_dir / "result.json"
-        run.out = json.loads(result.read_text()) if result.exists() else {"error": "no result"}
-        marks = run.out.get("marks", {})
-        if "end" in marks:
-            run.phases = {
-                "start + imports": marks["imported"] - spawned,
-                "read parquet": marks["read"] - marks["imported"],
-                "features + split": marks["features"] - marks["read"],
-                "time-series CV": marks["cv"] - marks["features"],
-                "final fit": marks["fit"] - marks["cv"],
-                "evaluate": marks["evaluate"] - marks["fit"],
-                "save model": marks["saved"] - marks["evaluate"],
-                "interpreter exit": spawned + run.wall_s - marks["end"],
-            }
-        return run
-
-    def project(self, root: Path, *, warm_mlflow: bool) -> Path:
-        """A throwaway driftloop project: git + DVC (local remote), params.yaml, MLflow store."""
-        root.mkdir(parents=True)
-        for name in PROJECT_FILES:
-            if (REPO / name).exists():
-                shutil.copy2(REPO / name, root / name)
-        env = self.env({"DRIFTLOOP_PROJECT": str(root)})
-        dvc = str(BIN / "dvc")
-        for cmd in (
-            ["git", "init", "-q", "-b", "main"],
-            ["git", "config", "user.email", "bench@example.invalid"],
-            ["git", "config", "user.name", "bench"],
-            ["git", "config", "commit.gpgsign", "false"],
-            [dvc, "init", "-q"],
-            [dvc, "config", "core.analytics", "false"],
-            [dvc, "remote", "add", "-d", "local", str(root.with_name(root.name + "-remote"))],
-            ["git", "add", "-A"],
-            ["git", "commit", "-q", "-m", "bench project"],
-            *([[sys.executable, "-c", INIT_MLFLOW]] if warm_mlflow else []),
-        ):
-            subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
-        return root
-
-    def pipeline(
-        self,
-        size: Size,
-        data: Path,
-        tag: str,
-        prefect_env: dict[str, str],
-        *,
-        warm_mlflow: bool = True,
-        split_imports: bool = False,
-    ) -> Run:
-        name = f"pipe-{size.rows}-{tag}"
-        project = self.project(self.work / name, warm_mlflow=warm_mlflow)
-        out, log = self.work / f"{name}.json", self.work / f"{name}.log"
-        cmd = [sys.executable, str(BENCH / "pipeline_child.py"), str(data), str(out)]
-        if split_imports:
-            cmd.append("--split-imports")
-        drop = () if "PREFECT_API_URL" in prefect_env else ("PREFECT_API_URL",)
-        env = self.env({"DRIFTLOOP_PROJECT": str(project), **prefect_env}, drop)
-        run = Run("pipeline", size.label, size.rows)
-        spawned = self.run(run, cmd, project, env, log)
-        run.out = json.loads(out.read_text()) if out.exists() else {"error": "no result"}
-        marks = run.out.get("marks", {})
-        if "end" in marks:
-            run.phases = {
-                "start + imports": marks["imported"] - spawned,
-                "flow call": marks["flow_done"] - marks["imported"],
-                "interpreter exit": spawned + run.wall_s - marks["end"],
-            }
-        if "PREFECT_API_URL" in prefect_env and run.out.get("flow_run_id"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                run.tasks = task_durations(prefect_env["PREFECT_API_URL"], run.out["flow_run_id"])
-        return run
+# -- running -------------------------------------------------------------------------------------
 
 
-INIT_MLFLOW = (
-    "from driftloop.config import Settings, apply_env_defaults\n"
-    "settings = Settings()\n"
-    "apply_env_defaults(settings)\n"
-    "from driftloop.registry import connect\n"
-    "connect(settings)\n"
-)
+class Runner:
+    """Runs one bare or pipeline process and keeps its logs under `work`."""
+
+    def __init__(self, work: Path, env: dict[str, str], api_url: str | None, keep: bool) -> None:
+        self.work, self.env, self.api_url, self.keep = work, env, api_url, keep
+        self.projects = harness.ProjectFactory(work / "projects", env) if api_url else None
+        self.count = 0
+
+    def bare(self, made: data.Made) -> tuple[harness.Run, float | None]:
+        self.count += 1
+        out = self.work / f"bare-{self.count}"
+        cmd = [sys.executable, str(BENCH / "bare_train.py"), str(made.params), str(out)]
+        log = self.work / f"bare-{self.count}.log"
+        run = harness.run_once(cmd, cwd=self.work, env=self.env, log=log)
+        result = out / "result.json"
+        auc = json.loads(result.read_text())["holdout"]["roc_auc"] if result.exists() else None
+        shutil.rmtree(out, ignore_errors=True)
+        return run, auc
+
+    def pipeline(self, made: data.Made) -> tuple[harness.Run, float | None]:
+        assert self.projects is not None and self.api_url is not None
+        self.count += 1
+        project = self.projects.new(made.params, f"pipeline-{self.count}")
+        env = self.env | {"DRIFTLOOP_PROJECT": str(project), "PREFECT_API_URL": self.api_url}
+        cmd = [str(harness.BIN / "driftloop"), "--params", "params.yaml", "run", "--json"]
+        out, err = (
+            self.work / f"pipeline-{self.count}.json",
+            self.work / f"pipeline-{self.count}.log",
+        )
+        run = harness.run_once(cmd, cwd=project, env=env, log=out, errlog=err)
+        if run.returncode != 0:
+            tail = err.read_text(errors="replace").strip().splitlines()[-5:]
+            print(f"  pipeline failed ({run.returncode}), see {err}:", *tail, sep="\n    ")
+        if not self.keep:
+            self.projects.remove(project)
+        return run, find_auc(out)
 
 
-def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal the process group of a child this script started (it leads its own session)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def fastest(runs: list[Run]) -> Run:
-    """The fastest run (or the first failed one: a failure is never hidden by a retry)."""
-    failed = [r for r in runs if not r.ok]
-    return failed[0] if failed else min(runs, key=lambda r: r.wall_s)
-
-
-# -- Prefect server ------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _http(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"null")
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    api: str
-    started_in_s: float
-
-
-def start_server(children: Children) -> Server:
-    """`prefect server start` on a free port with its own PREFECT_HOME; wait for /api/health."""
-    port = _free_port()
-    env = children.env(
-        {
-            "PREFECT_HOME": str(children.work / "prefect-server"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-    )
-    log = (children.work / "prefect-server.log").open("wb")
-    began = time.perf_counter()
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=children.work,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = Server(proc, f"http://127.0.0.1:{port}/api", 0.0)
-    while time.perf_counter() - began < 180:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited ({proc.returncode}); see {log.name}")
-        with contextlib.suppress(OSError, ValueError):
-            if _http(f"{server.api}/health", timeout=2) is True:
-                server.started_in_s = time.perf_counter() - began
-                return server
-        time.sleep(0.5)
-    stop_server(server)
-    raise RuntimeError("prefect server did not answer /api/health within 180 s")
-
-
-def stop_server(server: Server) -> None:
-    """SIGTERM the server's process group (it leads its own session), then SIGKILL."""
-    _kill_group(server.proc.pid, signal.SIGTERM)
+def find_auc(path: Path) -> float | None:
+    """The holdout ROC AUC in the pipeline's --json output (first `roc_auc` under a holdout)."""
     try:
-        server.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        _kill_group(server.proc.pid, signal.SIGKILL)
-        server.proc.wait()
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+    def walk(node: Any, in_holdout: bool) -> float | None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "roc_auc" and in_holdout and isinstance(value, int | float):
+                    return float(value)
+                found = walk(value, in_holdout or "holdout" in str(key))
+                if found is not None:
+                    return found
+        return None
+
+    return walk(doc, False)
 
 
-def task_durations(api: str, flow_run_id: str) -> dict[str, float]:
-    """Seconds per task of a flow run (start to end, from the Prefect API), plus the flow run."""
-
-    def seconds(run: dict[str, Any]) -> float:
-        if not run.get("start_time") or not run.get("end_time"):
-            return float("nan")
-        start = dt.datetime.fromisoformat(run["start_time"])
-        return (dt.datetime.fromisoformat(run["end_time"]) - start).total_seconds()
-
-    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
-    durations: dict[str, float] = {}
-    for task_run in _http(f"{api}/task_runs/filter", {**body, "limit": 200}):
-        name = task_run["name"].rsplit("-", 1)[0]
-        durations[name] = durations.get(name, 0.0) + seconds(task_run)
-    durations["flow run (server view)"] = seconds(_http(f"{api}/flow_runs/{flow_run_id}"))
-    return durations
+def run_cases(cases: list[Case], runner: Runner, kinds: tuple[str, ...], repeat: int) -> None:
+    for case in cases:
+        for i in range(repeat):
+            for kind in kinds:
+                run, auc = getattr(runner, kind)(case.made)
+                case.runs[kind].append(run)
+                case.auc[kind].append(auc)
+                print(
+                    f"{case.dataset:>9} {case.made.rows:>9,} {kind:>8} #{i + 1}: "
+                    f"{run.wall_s:6.1f} s  {run.peak_rss_mb:6.0f} MB  rc={run.returncode}  "
+                    f"load {run.load_before:.1f}",
+                    flush=True,
+                )
 
 
 # -- analysis ------------------------------------------------------------------------------------
 
 
-def fit_line(rows: list[int], values: list[float]) -> dict[str, float] | None:
-    """Least-squares value = fixed + slope * rows (None with fewer than two distinct sizes)."""
-    if len(set(rows)) < 2:
+def fit_line(rows: list[int], walls: list[float]) -> tuple[float, float]:
+    """Least squares wall = fixed + slope * rows; returns (fixed s, slope s per row)."""
+    slope, fixed = np.polyfit(np.asarray(rows, float), np.asarray(walls, float), 1)
+    return float(fixed), float(slope)
+
+
+def overheads(cases: list[Case]) -> dict[str, Any] | None:
+    """Fixed and marginal overhead of one dataset's sizes (None: too few complete sizes)."""
+    complete = [c for c in cases if all(c.ok(k) for k in KINDS)]
+    if len({c.made.rows for c in complete}) < 2:
         return None
-    slope, fixed = np.polyfit(np.asarray(rows, float), np.asarray(values, float), 1)
-    return {"fixed_s": float(fixed), "slope_s_per_row": float(slope)}
-
-
-def overheads(bare: dict[str, float] | None, pipe: dict[str, float] | None) -> dict[str, Any]:
-    if bare is None or pipe is None:
-        return {}
-    fixed = pipe["fixed_s"] - bare["fixed_s"]
-    marginal = (pipe["slope_s_per_row"] / bare["slope_s_per_row"] - 1) * 100
+    rows = [c.made.rows for c in complete]
+    lines = {k: fit_line(rows, [c.median_wall(k) or 0.0 for c in complete]) for k in KINDS}
+    fixed = lines["pipeline"][0] - lines["bare"][0]
+    marginal = (lines["pipeline"][1] - lines["bare"][1]) / lines["bare"][1]
     return {
+        "bare": {"fixed_s": lines["bare"][0], "s_per_million_rows": lines["bare"][1] * 1e6},
+        "pipeline": {
+            "fixed_s": lines["pipeline"][0],
+            "s_per_million_rows": lines["pipeline"][1] * 1e6,
+        },
         "fixed_overhead_s": fixed,
-        "marginal_overhead_pct": marginal,
-        "marginal_overhead_s_per_100k_rows": (pipe["slope_s_per_row"] - bare["slope_s_per_row"])
-        * 1e5,
+        "marginal_overhead": marginal,
         "fixed_pass": fixed <= TARGET_FIXED_S,
-        "marginal_pass": marginal <= TARGET_MARGINAL_PCT,
+        "marginal_pass": marginal <= TARGET_MARGINAL,
     }
 
 
-def robust_overheads(
-    rows: list[int], other: list[tuple[float, float]], bare_fit: dict[str, float] | None
-) -> dict[str, Any]:
-    """Overheads with the identical training work (CV + final fit) subtracted in each run.
-
-    Training is most of the wall time at large sizes and, on a shared machine, its run-to-run
-    noise is larger than the overhead; subtracting each run's own training time leaves
-    (pipeline - bare) non-training time, whose line over rows gives the fixed overhead and the
-    extra seconds per row (as a share of the bare per-row cost).
-    """
-    extra = fit_line(rows, [pipe - bare for bare, pipe in other])
-    if extra is None or bare_fit is None:
-        return {}
-    fixed = extra["fixed_s"]
-    marginal = extra["slope_s_per_row"] / bare_fit["slope_s_per_row"] * 100
-    return {
-        "non_training_s": {"bare": [b for b, _ in other], "pipeline": [p for _, p in other]},
-        "fixed_overhead_s": fixed,
-        "marginal_overhead_pct": marginal,
-        "marginal_overhead_s_per_100k_rows": extra["slope_s_per_row"] * 1e5,
-        "fixed_pass": fixed <= TARGET_FIXED_S,
-        "marginal_pass": marginal <= TARGET_MARGINAL_PCT,
-    }
-
-
-def metrics_match(bare: Run, pipe: Run) -> str:
-    b = bare.out.get("holdout", {}).get("roc_auc")
-    p = (pipe.out.get("result") or {}).get("holdout", {}).get("roc_auc")
-    if b is None or p is None:
-        return "n/a"
-    return f"{'same' if abs(b - p) < 1e-9 else 'DIFFERENT'} (bare {b:.4f}, pipeline {p:.4f})"
+def table(cases: list[Case]) -> list[str]:
+    head = f"{'dataset':<10}{'rows':>10}  {'kind':<9}{'wall s (min-max)':<22}"
+    lines = [head + f"{'cpu s':>8}{'peak MB':>9}{'pipe/bare':>11}  auc"]
+    for case in cases:
+        for kind in KINDS:
+            ok = case.ok(kind)
+            if not case.runs[kind]:
+                continue
+            label = f"{case.dataset:<10}{case.made.rows:>10,}  {kind:<9}"
+            if not ok:
+                lines.append(label + f"FAILED ({len(case.runs[kind])} runs)")
+                continue
+            stats = harness.summarize(ok)
+            bare, pipe = case.median_wall("bare"), case.median_wall("pipeline")
+            ratio = f"{pipe / bare:.2f}x" if kind == "pipeline" and bare and pipe else ""
+            aucs = [a for a in case.auc[kind] if a is not None]
+            lines.append(
+                label
+                + f"{stats['wall_s'].text():<22}{stats['cpu_s'].median:>8.1f}"
+                + f"{stats['peak_rss_mb'].median:>9.0f}{ratio:>11}  "
+                + (f"{aucs[0]:.4f}" if aucs else "-")
+            )
+    return lines
 
 
-def fmt(values: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.2f}" for k, v in values.items())
+def verdict(name: str, fit: dict[str, Any] | None) -> list[str]:
+    if fit is None:
+        return [f"{name}: fewer than two sizes with both kinds complete: no fit"]
+    b, p = fit["bare"], fit["pipeline"]
+    mark = {True: "PASS", False: "MISS"}
+    return [
+        f"{name}: bare wall = {b['fixed_s']:.1f} s + {b['s_per_million_rows']:.1f} s/M rows; "
+        f"pipeline wall = {p['fixed_s']:.1f} s + {p['s_per_million_rows']:.1f} s/M rows",
+        f"  FIXED overhead    {fit['fixed_overhead_s']:6.1f} s   (target <= {TARGET_FIXED_S:.0f} s)"
+        f"  {mark[fit['fixed_pass']]}",
+        f"  MARGINAL overhead {fit['marginal_overhead'] * 100:6.1f} % per row (target <= "
+        f"{TARGET_MARGINAL * 100:.0f} %)  {mark[fit['marginal_pass']]}",
+    ]
 
 
-def fmt_steps(steps: dict[str, dict[str, float]]) -> str:
-    return ", ".join(
-        f"{k} {v['seconds']:.2f}" + (f" ({v['calls']:.0f}x)" if v["calls"] > 1 else "")
-        for k, v in steps.items()
-    )
+def strict(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    return value
+
+
+def report(cases: list[Case], fits: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"meta": meta, "fits": fits, "cases": []}
+    for case in cases:
+        entry: dict[str, Any] = {"dataset": case.dataset, "rows": case.made.rows}
+        for kind in KINDS:
+            ok = case.ok(kind)
+            entry[kind] = {
+                "runs": [r.__dict__ for r in case.runs[kind]],
+                "summary": {k: s.to_dict() for k, s in harness.summarize(ok).items()}
+                if ok
+                else None,
+                "holdout_roc_auc": case.auc[kind],
+            }
+        out["cases"].append(entry)
+    return strict(out)
 
 
 # -- main ----------------------------------------------------------------------------------------
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--sizes", default="seattle,50000,200000")
-    parser.add_argument("--prefect-api", help="use this running server (default: start one)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per size; fastest reported")
-    parser.add_argument("--no-extras", action="store_true", help="skip cold-store and ephemeral")
-    parser.add_argument("--breakdown", action="store_true", help="import breakdown even on PASS")
-    parser.add_argument("--no-pycache", action="store_true", help="no private bytecode cache")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="OMP_NUM_THREADS of both kinds (0: unset)"
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--synthetic", default="500000,2000000", help="rows, comma-separated")
+    parser.add_argument("--flights", default="0.5,1", help="fractions of 336,776 rows ('' = none)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per kind and size (>= 3)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: synthetic 20k + 60k")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--only", choices=KINDS, help="run one kind only (no fit)")
+    parser.add_argument("--prefect-api", help="use this Prefect server instead of starting one")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS (0: unset)")
+    parser.add_argument("--work", type=Path, help="work folder (default: a temp dir, removed)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder and projects")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.synthetic, args.flights = "20000,60000", ""
+    return args
+
+
+def make_cases(args: argparse.Namespace, folder: Path) -> list[Case]:
+    cases = [Case(data.make_flights(float(f), folder), "flights") for f in _items(args.flights)]
+    cases += [
+        Case(data.make_synthetic(int(n), folder), "synthetic") for n in _items(args.synthetic)
+    ]
+    return cases
+
+
+def _commit() -> str | None:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def _items(spec: str) -> list[str]:
+    return [s.strip().replace("_", "") for s in spec.split(",") if s.strip()]
+
+
+def warm_up(runner: Runner, case: Case, kinds: tuple[str, ...]) -> None:
+    """One unreported run of each kind: fills the bytecode cache and the OS file cache."""
+    for kind in kinds:
+        run, _ = getattr(runner, kind)(case.made)
+        print(f"warm-up {kind}: {run.wall_s:.1f} s (not reported)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    kinds = (args.only,) if args.only else KINDS
+    work = args.work or harness.scratch_dir()
+    work.mkdir(parents=True, exist_ok=True)
+    env = harness.child_env(threads=args.threads, pycache=work / "pycache")
+    with contextlib.ExitStack() as stack:
+        if not args.keep and args.work is None:
+            stack.callback(shutil.rmtree, work, ignore_errors=True)
+        cases = make_cases(args, work / "data")
+        api_url = args.prefect_api
+        if "pipeline" in kinds and not api_url:
+            api_url = stack.enter_context(harness.prefect_server(work / "prefect-server", env))
+            print(f"Prefect server: {api_url}", flush=True)
+        runner = Runner(work, env, api_url, args.keep)
+        warm_up(runner, min(cases, key=lambda c: c.made.rows), kinds)
+        run_cases(cases, runner, kinds, args.repeat)
+
+    fits = {
+        name: overheads([c for c in cases if c.dataset == name])
+        for name in dict.fromkeys(c.dataset for c in cases)
+    }
+    print("\n" + "\n".join(table(cases)) + "\n")
+    if args.only is None:
+        for name, fit in fits.items():
+            print("\n".join(verdict(name, fit)))
+    meta = {
+        "argv": sys.argv[1:] if argv is None else argv,
+        "repeat": args.repeat,
+        "threads": args.threads,
+        "kinds": kinds,
+        "commit": _commit(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_after": os.getloadavg(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report(cases, fits, meta), indent=2, allow_nan=False))
+    print(f"\nJSON: {args.out}")
+    missed = args.only is None and any(
+        fit is None or not (fit["fixed_pass"] and fit["marginal_pass"]) for fit in fits.values()
     )
-    parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
-    return parser.parse_args()
-
-
-def main() -> int:
-    args = parse_args()
-    params = load_params(REPO / "params.yaml")
-    sizes = plan_sizes(args.sizes)
-    work = Path(tempfile.mkdtemp(prefix="driftloop-bench-train-"))
-    children = Children(work, pycache=not args.no_pycache, threads=args.threads)
-    config = work / "bare_config.json"
-    config.write_text(json.dumps(bare_config(params)))
-    print(
-        f"driftloop training bench: {params.train.model} {params.train.hyperparams}, "
-        f"cv_splits={params.train.cv_splits}, holdout_days={params.train.holdout_days}; "
-        f"best of {args.repeat}; OMP_NUM_THREADS={args.threads or 'unset'}; "
-        f"bytecode cache {'off' if args.no_pycache else 'private, warmed'}"
-    )
-    print(f"work dir: {work}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    for size in sizes:
-        if size.capped:
-            print(f"NOTE: {size.note}")
-
-    server: Server | None = None
-    try:
-        if args.prefect_api:
-            api = args.prefect_api.rstrip("/")
-            print(f"Prefect server: {api} (given)")
-        else:
-            server = start_server(children)
-            api = server.api
-            print(f"Prefect server: {api} (started in {server.started_in_s:.1f} s, not timed)")
-        client = {"PREFECT_API_URL": api, "PREFECT_HOME": str(work / "prefect-client")}
-
-        datafiles = {size.label: write_data(size, work) for size in sizes}
-        smallest = sizes[0]
-        warmup = [
-            children.bare(smallest, datafiles[smallest.label], config, "warmup"),
-            children.pipeline(smallest, datafiles[smallest.label], "warmup", client),
-        ]
-        print(
-            f"warm-up (not reported): bare {warmup[0].wall_s:.1f} s, "
-            f"pipeline {warmup[1].wall_s:.1f} s",
-            flush=True,
-        )
-
-        measured: list[tuple[Size, Run, Run]] = []
-        all_runs: list[Run] = []
-        other: dict[str, tuple[float, float]] = {}  # size -> least non-training time, bare/pipe
-        for size in sizes:
-            data = datafiles[size.label]
-            bares, pipes = [], []
-            for n in range(args.repeat):  # interleaved, so slow spells hit both kinds
-                bares.append(children.bare(size, data, config, str(n)))
-                pipes.append(children.pipeline(size, data, f"server{n}", client))
-                print(
-                    f"  {size.label} #{n + 1}: bare {bares[-1].wall_s:.1f} s, "
-                    f"pipeline {pipes[-1].wall_s:.1f} s"
-                    + ("" if pipes[-1].ok else f" FAILED: {pipes[-1].out.get('error')}")
-                    + f" (load {pipes[-1].load_before:.1f})",
-                    flush=True,
-                )
-            measured.append((size, fastest(bares), fastest(pipes)))
-            all_runs += bares + pipes
-            other[size.label] = (
-                min(r.wall_s - r.train_s for r in bares),
-                min(r.wall_s - r.train_s for r in pipes),
-            )
-
-        extras: list[tuple[str, Run]] = []
-        if "seattle" in datafiles and not args.no_extras:
-            seattle, data = next(s for s in sizes if s.label == "seattle"), datafiles["seattle"]
-            ephemeral = {
-                "PREFECT_HOME": str(work / "prefect-ephemeral"),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            }
-            for mode, tag, env, warm, times in (
-                ("server, cold MLflow store", "cold-store", client, False, args.repeat),
-                ("ephemeral, fresh PREFECT_HOME", "ephemeral", ephemeral, True, 1),
-                ("ephemeral, reused PREFECT_HOME", "ephemeral-again", ephemeral, True, args.repeat),
-            ):
-                runs = [
-                    children.pipeline(seattle, data, f"{tag}{n}", env, warm_mlflow=warm)
-                    for n in range(times)
-                ]
-                all_runs += runs
-                extras.append((mode, fastest(runs)))
-                walls = ", ".join(f"{r.wall_s:.1f}" for r in runs)
-                print(f"  extra {mode}: {walls} s", flush=True)
-
-        ok = all(p.ok and b.ok for _, b, p in measured)
-        rows = [s.rows for s, _, _ in measured]
-        fits = {
-            key: (
-                fit_line(rows, [getattr(b, key) for _, b, _ in measured]) if ok else None,
-                fit_line(rows, [getattr(p, key) for _, _, p in measured]) if ok else None,
-            )
-            for key in ("wall_s", "cpu_s")
-        }
-        summary = overheads(*fits["wall_s"])
-        cpu_summary = overheads(*fits["cpu_s"])
-        robust = robust_overheads(rows, [other[s.label] for s, _, _ in measured], fits["wall_s"][0])
-
-        breakdowns: dict[str, Run] = {}
-        missed = any(
-            verdict.get(key) is False
-            for verdict in (summary, robust)
-            for key in ("marginal_pass", "fixed_pass")
-        )
-        if ok and (missed or args.breakdown):
-            for size in {sizes[0].label: sizes[0], sizes[-1].label: sizes[-1]}.values():
-                breakdowns[size.label] = children.pipeline(
-                    size, datafiles[size.label], "breakdown", client, split_imports=True
-                )
-
-        print_report(measured, extras, fits, summary, cpu_summary, robust, breakdowns)
-        report = {
-            "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-            "settings": {
-                "repeat": args.repeat,
-                "statistic": "fastest run",
-                "omp_num_threads": args.threads or None,
-                "bytecode_cache": not args.no_pycache,
-            },
-            "model": {"name": params.train.model, **params.train.hyperparams},
-            "targets": {
-                "marginal_overhead_pct_max": TARGET_MARGINAL_PCT,
-                "fixed_overhead_s_max": TARGET_FIXED_S,
-            },
-            "sizes": [asdict(s) for s in sizes],
-            "runs": [
-                {
-                    "size": s.label,
-                    "rows": s.rows,
-                    "note": s.note,
-                    "bare": asdict(b),
-                    "pipeline": asdict(p),
-                }
-                for s, b, p in measured
-            ],
-            "fit_wall": {"bare": fits["wall_s"][0], "pipeline": fits["wall_s"][1], **summary},
-            "fit_cpu": {"bare": fits["cpu_s"][0], "pipeline": fits["cpu_s"][1], **cpu_summary},
-            "fit_same_work_subtracted": robust,
-            "all_runs": [asdict(r) for r in all_runs],
-            "extras": [{"mode": m, **asdict(r)} for m, r in extras],
-            "warmup": [asdict(r) for r in warmup],
-            "breakdowns": {k: asdict(r) for k, r in breakdowns.items()},
-        }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"\nresults: {RESULTS.relative_to(REPO)}")
-        return 0 if ok else 1
-    finally:
-        if server is not None:
-            stop_server(server)
-        if args.keep:
-            print(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def print_report(
-    measured: list[tuple[Size, Run, Run]],
-    extras: list[tuple[str, Run]],
-    fits: dict[str, tuple[dict[str, float] | None, dict[str, float] | None]],
-    summary: dict[str, Any],
-    cpu_summary: dict[str, Any],
-    robust: dict[str, Any],
-    breakdowns: dict[str, Run],
-) -> None:
-    print(
-        "\n| size | rows | bare wall s | bare peak MB | pipeline wall s | pipeline peak MB "
-        "| ratio wall | ratio mem |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for size, bare, pipe in measured:
-        label = size.label + (f" (asked {' and '.join(size.asked)}; capped)" if size.capped else "")
-        failed = "" if pipe.ok else f" FAILED (log {pipe.log})"
-        print(
-            f"| {label} | {size.rows:,} | {bare.wall_s:.1f} | {bare.peak_mb:.0f} | "
-            f"{pipe.wall_s:.1f}{failed} | {pipe.peak_mb:.0f} | "
-            f"{pipe.wall_s / bare.wall_s:.1f}x | {pipe.peak_mb / bare.peak_mb:.1f}x |"
-        )
-    for size, _, _ in measured:
-        if size.capped:
-            print(f"NOTE: {size.note}")
-    for size, bare, pipe in measured:
-        print(f"holdout roc_auc at {size.label}: {metrics_match(bare, pipe)}")
-
-    print("\nfit wall = fixed + slope * rows:")
-    bare_fit, pipe_fit = fits["wall_s"]
-    if bare_fit is None or pipe_fit is None:
-        print("  needs two distinct sizes and no failed run")
-    else:
-        for name, fit in (("bare", bare_fit), ("pipeline", pipe_fit)):
-            print(
-                f"  {name:8s} fixed {fit['fixed_s']:6.2f} s, "
-                f"slope {fit['slope_s_per_row'] * 1e5:7.3f} s per 100k rows"
-            )
-        print(
-            f"  fixed overhead    {summary['fixed_overhead_s']:6.2f} s  "
-            f"(target <= {TARGET_FIXED_S:.0f} s)  {'PASS' if summary['fixed_pass'] else 'MISS'}"
-        )
-        print(
-            f"  marginal overhead {summary['marginal_overhead_pct']:6.1f} %  "
-            f"(target <= {TARGET_MARGINAL_PCT:.0f} %)  "
-            f"{'PASS' if summary['marginal_pass'] else 'MISS'}"
-        )
-        print(
-            f"  marginal overhead in seconds: "
-            f"{summary['marginal_overhead_s_per_100k_rows']:.2f} s per 100k rows"
-        )
-        if robust:
-            print(
-                f"  noise-robust (each run's own CV + final fit time subtracted): fixed overhead "
-                f"{robust['fixed_overhead_s']:.2f} s {'PASS' if robust['fixed_pass'] else 'MISS'}"
-                f", marginal overhead {robust['marginal_overhead_pct']:.1f} % "
-                f"({robust['marginal_overhead_s_per_100k_rows']:.2f} s per 100k rows) "
-                f"{'PASS' if robust['marginal_pass'] else 'MISS'}"
-            )
-        print(
-            f"  same fit on child CPU seconds: fixed overhead "
-            f"{cpu_summary['fixed_overhead_s']:.2f} s, marginal overhead "
-            f"{cpu_summary['marginal_overhead_pct']:.1f} % (Prefect server CPU not included)"
-        )
-
-    if extras:
-        base = next((p for s, _, p in measured if s.label == "seattle"), None)
-        print("\nSeattle extras (pipeline; fastest run, the fresh ephemeral home runs once):")
-        for mode, run in extras:
-            delta = f", {run.wall_s - base.wall_s:+.1f} s vs best warm server run" if base else ""
-            status = "" if run.ok else f" FAILED ({run.out.get('error')}, log {run.log})"
-            print(f"  {mode:31s} {run.wall_s:5.1f} s, {run.peak_mb:4.0f} MB{delta}{status}")
-
-    print("\nwhere the time goes (the reported runs; seconds):")
-    for size, bare, pipe in measured:
-        print(f"  {size.label} bare:     {fmt(bare.phases)}")
-        print(f"  {size.label} pipeline: {fmt(pipe.phases)}")
-        if pipe.tasks:
-            print(f"  {size.label} tasks:    {fmt(pipe.tasks)}")
-        if pipe.out.get("steps"):
-            print(f"  {size.label} steps:    {fmt_steps(pipe.out['steps'])}")
-    for label, run in breakdowns.items():
-        print(
-            f"\nbreakdown run at {label} (heavy imports first, one by one; "
-            f"{run.wall_s:.1f} s wall{'' if run.ok else ', FAILED'}):"
-        )
-        print(f"  imports: {fmt(run.out.get('imports', {}))}")
-        print(f"  process: {fmt(run.phases)}")
-        if run.tasks:
-            print(f"  tasks:   {fmt(run.tasks)}")
-        print(f"  steps:   {fmt_steps(run.out.get('steps', {}))}")
+    failed = any(r.returncode != 0 for c in cases for k in kinds for r in c.runs[k])
+    return 1 if args.check and (missed or failed) else 0
 
 
 if __name__ == "__main__":
