@@ -156,7 +156,8 @@ def evaluate_predictions(
         values = segments[column].to_numpy()
         for value in sorted(set(values)):
             mask = values == value
-            out[f"{column}/{value}"] = {**score(y[mask], proba[mask], threshold), "n": mask.sum()}
+            n = float(mask.sum())
+            out[f"{column}/{value}"] = {**score(y[mask], proba[mask], threshold), "n": n}
     return Evaluation(score(y, proba, threshold), out, len(y))
 
 

@@ -33,6 +33,6 @@ REGISTRY_RETRIES: dict[str, Any] = {
 def table(rows: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """A Prefect table artifact from {row: {column: value}}."""
     return [
-        {"set": name, **{k: round(v, 4) if v == v else None for k, v in values.items()}}
+        {"set": name, **{k: round(float(v), 4) if v == v else None for k, v in values.items()}}
         for name, values in rows.items()
     ]
