@@ -119,6 +119,19 @@ def test_two_ingests_at_once_are_serialized_and_both_accepted(
     assert versioning.is_in_sync(project.root, project.raw_dir)
 
 
+def test_the_bundled_source_reads_only_what_is_new(project: Project) -> None:
+    first = cli("ingest", "--until", "2012-03-31", "--json").json()
+    second = cli("ingest", "--until", "2012-04-30", "--json").json()
+    third = cli("ingest", "--until", "2012-04-30")
+
+    assert (first["rows"], first["first"], first["last"]) == (91, "2012-01-01", "2012-03-31")
+    assert (second["rows"], second["first"], second["last"]) == (30, "2012-04-01", "2012-04-30")
+    assert third.exit_code == 0 and "nothing new" in third.stdout
+    assert second["data_md5"] == project.raw_dvc_md5()
+    manifest = json.loads((project.root / "reports" / "ingest.json").read_text())
+    assert manifest["n_batches"] == 2
+
+
 @pytest.mark.parametrize("kind", ["folder", "broken link", "no such file"])
 def test_a_path_that_is_not_a_readable_file_exits_3_and_changes_nothing(
     project: Project, tmp_path: Path, kind: str
