@@ -12,6 +12,7 @@ import subprocess
 import pytest
 import yaml
 
+from driftloop.lineage import Lineage
 from tests.helpers import REPO_ROOT, Project, run
 
 pytestmark = pytest.mark.slow
@@ -52,8 +53,8 @@ def test_first_repro_runs_every_stage_and_leaves_a_champion(
     batches = list(module_project.raw_snapshot())
     assert len(batches) == 1 and batches[0].startswith(f"2012-01-01_{UNTIL}_")
     tags = module_project.mlflow_client().get_model_version(module_project.model_name, "1").tags
-    assert tags["driftloop.data_md5"] == module_project.raw_dvc_md5()
-    assert tags["driftloop.trigger"] == "dvc"
+    assert tags[Lineage.tag("data_md5")] == module_project.raw_dvc_md5()
+    assert tags[Lineage.tag("trigger")] == "dvc"
 
 
 def test_second_repro_skips_every_stage(

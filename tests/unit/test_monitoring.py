@@ -60,6 +60,24 @@ def test_claim_with_zero_cooldown_still_claims_a_day_once(settings: Settings) ->
     assert claim(settings, DAY + dt.timedelta(days=1), cooldown=0) is True
 
 
+def test_each_model_has_its_own_cooldown(settings: Settings) -> None:
+    """Two models in one project (two params files): a claim for one never blocks the other."""
+    rain, flights = "rain_tomorrow", "flight_delay"
+    assert monitoring.claim_retrain(settings, DAY, "drift: rain", COOLDOWN, rain) is True
+    assert monitoring.claim_retrain(settings, DAY, "drift: flights", COOLDOWN, flights) is True
+    assert monitoring.claim_retrain(settings, DAY, "drift: rain", COOLDOWN, rain) is False
+    later = DAY + dt.timedelta(days=3)
+    assert monitoring.claim_retrain(settings, later, "drift: flights", COOLDOWN, flights) is False
+    assert monitoring.last_retrain(settings, rain) == DAY
+    assert monitoring.last_retrain(settings, flights) == DAY
+    assert monitoring.last_retrain(settings, "another_model") is None
+    entries = [json.loads(line) for line in settings.audit_log.read_text().splitlines()]
+    assert [(e["model"], e["reason"]) for e in entries] == [
+        (rain, "drift: rain"),
+        (flights, "drift: flights"),
+    ]
+
+
 # --- claim_retrain: many claimants at once -------------------------------------------------------
 # Each claimant claims in many fresh state dirs, in step with the others (a barrier per round):
 # without the lock, a round gives two winners or a half-written state file now and then.

@@ -13,9 +13,14 @@ from driftloop.training import Evaluation
 NAN = math.nan
 
 
-def ev(value: float, metric: str = "roc_auc", **segments: float) -> Evaluation:
-    """An evaluation with one overall metric value and per-season values of the same metric."""
-    return Evaluation({metric: value}, {s: {metric: v} for s, v in segments.items()}, 100)
+def ev(value: float, metric: str = "roc_auc", n: int = 90, **segments: float) -> Evaluation:
+    """An evaluation with one overall metric value and per-season values of the same metric.
+
+    Segments are keyed `column/value` and carry their row count `n`, as `training.evaluate`
+    writes them.
+    """
+    per_segment = {f"season/{s}": {metric: v, "n": float(n)} for s, v in segments.items()}
+    return Evaluation({metric: value}, per_segment, 4 * n)
 
 
 AUC = PromoteParams(primary_metric="roc_auc", min_delta=0.01, max_segment_drop=0.05, floor=0.6)
@@ -46,7 +51,7 @@ CASES = [
         ev(0.70, winter=0.70, summer=0.70),
         AUC,
         False,
-        "winter 0.7000->0.6000",
+        "season/winter 0.7000->0.6000",
     ),
     (
         "segment drop within limit",
@@ -55,6 +60,22 @@ CASES = [
         AUC,
         True,
         "no segment drop",
+    ),
+    (
+        "segment below min_segment_rows is not judged",
+        ev(0.80, n=AUC.min_segment_rows - 1, winter=0.40, summer=0.90),
+        ev(0.70, n=AUC.min_segment_rows - 1, winter=0.70, summer=0.70),
+        AUC,
+        True,
+        "no segment drop",
+    ),
+    (
+        "segment of exactly min_segment_rows is judged",
+        ev(0.80, n=AUC.min_segment_rows, winter=0.40, summer=0.90),
+        ev(0.70, n=AUC.min_segment_rows, winter=0.70, summer=0.70),
+        AUC,
+        False,
+        "season/winter 0.7000->0.4000",
     ),
     (
         "segment NaN is not a drop",
@@ -93,7 +114,7 @@ CASES = [
         ev(0.60, "log_loss", winter=0.60),
         LOGLOSS,
         False,
-        "winter 0.6000->0.7000",
+        "season/winter 0.6000->0.7000",
     ),
     ("log_loss NaN", ev(NAN, "log_loss"), ev(0.60, "log_loss"), LOGLOSS, False, "missing or NaN"),
 ]
