@@ -7,11 +7,12 @@ Exit codes: 0 ok; 1 unexpected; 2 config; 3 ingest; 4 validation failed (batch q
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -51,11 +52,108 @@ def _context() -> tuple[Any, Any]:
     return load_context()
 
 
+class _HeldOutput:
+    """The result of the command running inside `json_stdout`, written when the block ends."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+
+
+_HELD: _HeldOutput | None = None  # set while a `json_stdout` block is open
+
+
+@contextlib.contextmanager
+def json_stdout(as_json: bool = True) -> Iterator[None]:
+    """Keep stdout for the one JSON document of a `--json` command; send everything else to stderr.
+
+    Libraries print to stdout: DVC ("Initialized DVC repository."), Prefect and rich progress,
+    MLflow ("Registered model ..."), and child processes inherit file descriptor 1. Inside this
+    block descriptor 1 and `sys.stdout` point at stderr, so none of that reaches stdout. `_emit`
+    holds the command's document, and it is written to the real stdout when the block ends
+    (also when the command then exits non-zero, as `monitor` does with 7). A command that fails
+    before `_emit` leaves stdout empty and its one-line reason on stderr.
+
+    `main()` opens this block around any command given `--json`, so the installed CLI needs
+    nothing more. In-process callers (Typer's CliRunner in tests) do not go through `main()`:
+    a `--json` command opens the block itself, around its work and its `_emit`:
+
+        with json_stdout(as_json):
+            payload = work()
+            _emit(payload, as_json, text)
+
+    Nested blocks act as one; with `as_json` false the block does nothing.
+    """
+    global _HELD
+    if not as_json or _HELD is not None:
+        yield
+        return
+    held = _HELD = _HeldOutput()
+    real = sys.stdout
+    real.flush()
+    saved_fd = _point_fd_at_stderr()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _HELD = None
+        with contextlib.suppress(Exception):
+            real.flush()  # writes through old references to sys.stdout still go to stderr
+        if saved_fd is not None:
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+        if held.text is not None:
+            typer.echo(held.text)
+
+
+def _point_fd_at_stderr() -> int | None:
+    """Point descriptor 1 at stderr; return a copy of the old one (None if there is none)."""
+    try:
+        saved = os.dup(1)
+    except OSError:
+        return None
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        os.close(saved)
+        return None
+    return saved
+
+
+@contextlib.contextmanager
+def _short_read() -> Iterator[None]:
+    """No garbage collection during a short read command (`status`, `lineage`).
+
+    Collecting only slows their MLflow and SQLAlchemy imports, by about a fifth of their CPU
+    time; it is switched back on afterwards for in-process callers (tests).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _emit(payload: Any, as_json: bool, text: str | None = None) -> None:
-    if as_json:
-        typer.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    """Write a command's result: strict JSON with `--json` (NaN as null), else `text`.
+
+    Inside `json_stdout` the output is held and written to the real stdout when the block ends;
+    a second `_emit` in one block is a bug and raises.
+    """
+    from driftloop import jsonio
+
+    out = (
+        jsonio.dumps(payload, indent=2, sort_keys=True)
+        if as_json
+        else str(text if text is not None else payload)
+    )
+    if _HELD is None:
+        typer.echo(out)
+    elif _HELD.text is not None:
+        raise RuntimeError("a command emitted two results; --json promises one document")
     else:
-        typer.echo(text if text is not None else payload)
+        _HELD.text = out
 
 
 def _fail(exc: DriftloopError) -> None:
@@ -66,30 +164,44 @@ def _fail(exc: DriftloopError) -> None:
 @app.command()
 def ingest(
     file: str = typer.Argument(None, help="A CSV/Parquet batch file (default: params data.source)"),
-    source: str = typer.Option(None, help="'seattle' or a file path (overrides params)"),
+    source: str = typer.Option(None, help="A bundled source or a file path (overrides params)"),
     until: str = typer.Option(None, help="Ingest the source only up to this date (YYYY-MM-DD)"),
+    labels: str = typer.Option(
+        None, "--labels", help="A label batch file (join column, label, optional label time)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
-    """Gate a batch with Great Expectations and version it with DVC (or quarantine it)."""
-    from driftloop import pipeline
+    """Gate a batch with Great Expectations and version it with DVC (or quarantine it).
 
-    try:
-        params, settings = _context()
-        src = file or source or params.data.source
-        stop = until if until is not None else (params.data.until if src == "seattle" else None)
-        result = pipeline.ingest(
-            params, settings, pipeline.read_next_batch(params, settings, src, stop)
+    Examples: `driftloop ingest batch.csv`, `driftloop ingest --until 2013-06-30`,
+    `driftloop ingest --labels labels.csv` (labels that arrive later, joined on the id).
+    Exit 3: the path is not a readable file; exit 4: the batch failed the gate (quarantined).
+    """
+    from driftloop import ingest as stage
+
+    with json_stdout(as_json):
+        try:
+            params, settings = _context()
+            stop = until if until is not None else params.data.until
+            if labels is not None:
+                raw = stage.read_next_labels(params, settings, labels, stop)
+                result = stage.ingest_labels(params, settings, raw)
+            else:
+                src = file or source or params.data.source
+                raw = stage.read_next_batch(params, settings, src, stop)
+                result = stage.ingest(params, settings, raw)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        kind = "labels" if labels is not None else "rows"
+        text = (
+            f"{result.origin}: nothing new to ingest (data md5 {result.data_md5 or '-'})"
+            if result.nothing_new
+            else f"accepted {result.rows} {kind} {result.first}..{result.last} -> {result.path} "
+            f"(data md5 {result.data_md5})"
         )
-    except DriftloopError as exc:
-        _fail(exc)
-        return
-    text = (
-        f"{result.origin}: nothing new to ingest (data md5 {result.data_md5 or '-'})"
-        if result.nothing_new
-        else f"accepted {result.rows} rows {result.first}..{result.last} -> {result.path} "
-        f"(data md5 {result.data_md5})"
-    )
-    _emit({**result.__dict__, "path": str(result.path) if result.path else None}, as_json, text)
+        payload = {**result.__dict__, "path": str(result.path) if result.path else None}
+        _emit(payload, as_json, text)
 
 
 @app.command()
@@ -183,13 +295,14 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     """Champion and challenger: versions, metrics, data hashes, last decision."""
     from driftloop import report
 
-    try:
-        params, settings = _context()
-        payload = report.status(params, settings)
-    except DriftloopError as exc:
-        _fail(exc)
-        return
-    _emit(payload, as_json, report.status_text(payload))
+    with _short_read(), json_stdout(as_json):
+        try:
+            params, settings = _context()
+            payload = report.status(params, settings)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        _emit(payload, as_json, report.status_text(payload))
 
 
 @app.command()
@@ -198,15 +311,16 @@ def lineage(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Where a model version came from: data hash, git commit, MLflow run, validation, decision."""
-    from driftloop import report
+    from driftloop import jsonio, report
 
-    try:
-        params, settings = _context()
-        payload = report.lineage(params, settings, version)
-    except DriftloopError as exc:
-        _fail(exc)
-        return
-    _emit(payload, as_json, json.dumps(payload, indent=2, default=str))
+    with _short_read(), json_stdout(as_json):
+        try:
+            params, settings = _context()
+            payload = report.lineage(params, settings, version)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        _emit(payload, as_json, jsonio.dumps(payload, indent=2))
 
 
 @app.command()
@@ -313,12 +427,33 @@ def ui(
     which: str = typer.Argument(..., help="'prefect' or 'mlflow'"),
     port: int = typer.Option(None, help="Port (default: prefect 4200, mlflow 5000)"),
 ) -> None:
-    """Open the Prefect or MLflow UI on the project's embedded stores (runs until Ctrl-C)."""
-    _, settings = _context()
+    """Open the Prefect or MLflow UI on the project's embedded stores (runs until Ctrl-C).
+
+    The Prefect UI asks its server where the API is (`/ui-settings`). Prefect answers from
+    PREFECT_API_URL or PREFECT_SERVER_API_PORT, never from `--port`, so the server process gets
+    both: on any other port than 4200 the UI would otherwise call a server that is not there.
+    """
+    from driftloop.config import Settings, apply_env_defaults
+
+    settings = Settings()  # no params needed: a UI opens even when params.yaml is broken
+    apply_env_defaults(settings)
     if which == "prefect":
-        argv = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port or 4200)]
+        port = port or 4200
+        api_url = f"http://127.0.0.1:{port}/api"
+        os.environ.update(
+            PREFECT_SERVER_API_HOST="127.0.0.1",
+            PREFECT_SERVER_API_PORT=str(port),
+            PREFECT_API_URL=api_url,
+            PREFECT_SERVER_UI_API_URL=api_url,
+            PREFECT_UI_API_URL=api_url,  # the older alias, in case the user set it
+        )
+        # --no-prompt: never ask to switch or create the user's Prefect profiles.
+        argv = [sys.executable, "-m", "prefect", "--no-prompt", "server", "start"]
+        argv += ["--host", "127.0.0.1", "--port", str(port)]
     elif which == "mlflow":
         argv = [
+            sys.executable,
+            "-m",
             "mlflow",
             "ui",
             "--backend-store-uri",
@@ -331,15 +466,18 @@ def ui(
     else:
         raise typer.BadParameter("choose 'prefect' or 'mlflow'")
     typer.echo(" ".join(argv), err=True)
-    os.execvp(argv[0], argv)
+    os.execv(argv[0], argv)
 
 
 def main() -> None:
     """Entry point: one-line errors (set DRIFTLOOP_DEBUG=1 for the traceback)."""
     # Skip the interpreter's final garbage collection of millions of library objects (~2-3 s).
     atexit.register(gc.freeze)
+    args = sys.argv[1:]
     try:
-        app(standalone_mode=True)
+        # One place for every command: with --json, stdout carries only the result document.
+        with json_stdout("--json" in args and "--help" not in args):
+            app(standalone_mode=True)
     except DriftloopError as exc:  # raised outside a command body (e.g. settings)
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

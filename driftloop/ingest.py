@@ -169,10 +169,13 @@ def _nothing_new(params: Params, settings: Settings, raw: RawBatch) -> IngestRes
 
 
 def version_data(params: Params, settings: Settings) -> str:
-    """`dvc add` (and push) all accepted data if anything is not versioned yet; its md5."""
+    """`dvc add` (and push) all accepted data and labels not versioned yet; the data's md5."""
     raw_dir = settings.path(params.data.raw_dir)
+    labels_dir = settings.path(params.data.labels_dir)
     with versioning.project_lock(settings.lock_dir, DATA_LOCK):
         md5 = versioning.track(settings.project, raw_dir)
+        if labels_dir.is_dir() and any(labels_dir.iterdir()):
+            versioning.track(settings.project, labels_dir)
         datastore.write_manifest(raw_dir, settings.path(INGEST_MANIFEST), md5)
     return md5
 
@@ -254,9 +257,12 @@ def ingest_labels(
     raw: RawBatch,
     *,
     push: bool = True,
+    version: bool = True,
     now: dt.datetime | None = None,
 ) -> IngestResult:
     """Gate a label batch; store its new labels (immutable file + DVC) or quarantine it.
+
+    With `version=False` (a replay) the labels folder is versioned later, in bulk.
 
     Only for an explicit `target.column` (ConfigError otherwise). Labels must join accepted rows
     and agree with accepted labels; exact repeats are dropped (re-sending a file is a no-op).
@@ -277,18 +283,24 @@ def ingest_labels(
         )
         if not report.success:
             _reject(params, settings, raw, report)
-        return _store_labels(
-            params, settings, raw, label_rows(raw.frame, params, history.labels, clock), push
-        )
+        rows = label_rows(raw.frame, params, history.labels, clock)
+        return _store_labels(params, settings, raw, rows, push, version)
 
 
 def _store_labels(
-    params: Params, settings: Settings, raw: RawBatch, rows: pd.DataFrame, push: bool
+    params: Params,
+    settings: Settings,
+    raw: RawBatch,
+    rows: pd.DataFrame,
+    push: bool,
+    version: bool = True,
 ) -> IngestResult:
     """Write new labels as an immutable batch and version the labels folder."""
     labels_dir = settings.path(params.data.labels_dir)
     if rows.empty:  # every label was already accepted
         return IngestResult(raw.origin, 0, versioning.recorded_md5(settings.project, labels_dir))
     path = datastore.write_batch(rows, labels_dir, LABEL_TIME)
+    if not version:
+        return _result(raw, datastore.read_batch(path), "", path, LABEL_TIME)
     md5 = versioning.track(settings.project, labels_dir, push=push)
     return _result(raw, datastore.read_batch(path), md5, path, LABEL_TIME)

@@ -28,6 +28,7 @@ from driftloop.drift import (
     decide_retrain,
 )
 from driftloop.features import attach_labels, make_dataset, sort_rows
+from driftloop.lineage import MonitorRun
 from driftloop.training import predict_proba, score
 
 PREDICTION = "proba"
@@ -297,7 +298,10 @@ def monitor(
         reason = f"window fails validation: {report.summary()}"
         return finish(_not_evaluable(end, start, version, reason))
     model = registry.load_model(champion)
-    current = score_frame(params, settings, champion, model, frame, until)
+    # Labels known at the decision time: the end of an explicit as_of (a replay, a backfill),
+    # else now, whatever day the newest data is from.
+    labels_as_of = until if as_of is not None else None
+    current = score_frame(params, settings, champion, model, frame, labels_as_of)
     current = current[current[ts] > after].reset_index(drop=True)
     reference, unseen = seasonal_reference(
         scored_reference(params, settings, champion, model), params, start, end
@@ -372,15 +376,14 @@ def log_monitoring(params: Params, settings: Settings, result: MonitorResult) ->
         metrics["n_pending"] = float(perf.n_pending)
     with mlflow.start_run(run_name=f"monitor-{result.as_of}") as run:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
-        mlflow.set_tags(
-            {
-                "driftloop.as_of": result.as_of,
-                "driftloop.action": result.decision.action,
-                "driftloop.reason": result.decision.reason[:4000],
-                "driftloop.champion": str(result.champion),
-                "driftloop.model": params.train.model_name,
-            }
+        tags = MonitorRun(
+            as_of=result.as_of,
+            action=result.decision.action,
+            reason=result.decision.reason[:4000],
+            champion=str(result.champion),
+            model=params.train.model_name,
         )
+        mlflow.set_tags(tags.to_tags())
         if result.out_dir is not None:  # the HTML (4 MB) stays in data/monitoring, under DVC
             for name in ("drift.json", "decision.json"):
                 if (result.out_dir / name).exists():

@@ -164,7 +164,12 @@ def trusted_types(model: Any) -> list[str]:
     import skops.io as sio
 
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
-    return [t for t in untrusted if t.startswith(("sklearn.", "numpy."))]
+    # functools.partial wraps scikit-learn's own check_array inside HistGradientBoosting's
+    # categorical preprocessor; skops still checks the wrapped function against this list.
+    return [t for t in untrusted if t.startswith(("sklearn.", "numpy.")) or t in _WRAPPERS]
+
+
+_WRAPPERS = frozenset({"functools.partial"})
 
 
 def pip_requirements() -> list[str]:

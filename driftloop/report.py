@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from driftloop import registry
 from driftloop.config import Params, Settings
 from driftloop.errors import RegistryError
+from driftloop.lineage import COMPLETE_TAG
 
 _METRICS = ("roc_auc", "f1", "accuracy", "log_loss", "brier")
 _OVERALL = {f"{prefix}_{m}" for prefix in ("holdout", "cv") for m in _METRICS}
@@ -16,33 +16,39 @@ _OVERALL = {f"{prefix}_{m}" for prefix in ("holdout", "cv") for m in _METRICS}
 def _describe(client: Any, ref: registry.ModelRef | None, metric: str) -> dict[str, Any] | None:
     if ref is None:
         return None
+    lineage, verdict = ref.lineage, ref.verdict
     metrics = registry.run_metrics(client, ref.run_id)
     return {
         "version": ref.version,
         "run_id": ref.run_id,
         "aliases": list(ref.aliases),
-        "data_md5": ref.tags.get(registry.DATA_TAG),
-        "git_commit": ref.tags.get(registry.COMMIT_TAG),
-        "decision": ref.tags.get(registry.DECISION_TAG),
-        "reason": ref.tags.get(registry.REASON_TAG),
+        "data_md5": lineage.data_md5 or None,
+        "git_commit": lineage.git_commit or None,
+        "decision": verdict.decision or None,
+        "reason": verdict.reason or None,
         "primary_metric": metric,
         "metrics": {k: v for k, v in sorted(metrics.items()) if k in _OVERALL},
     }
 
 
 def status(params: Params, settings: Settings) -> dict[str, Any]:
-    """Champion, challenger and the last decision from the audit log."""
-    client = registry.connect(settings)
+    """Champion, challenger and the last decision from the audit log.
+
+    A read: it never creates the store and skips the writers' set-up (`registry.connect`).
+    Nearly all of its time is importing MLflow and SQLAlchemy; the queries take ~0.1 s.
+    """
+    client = registry.connect(settings, read_only=True)
     name = params.train.model_name
     metric = params.promote.primary_metric
     audit = [e for e in registry.read_audit(settings) if e.get("model") == name]
+    refs = {
+        role: None if client is None else registry.get_alias(client, name, role)
+        for role in (registry.CHAMPION, registry.CHALLENGER)
+    }
     return {
         "model": name,
         "tracking_uri": settings.mlflow_uri,
-        "champion": _describe(client, registry.get_alias(client, name, registry.CHAMPION), metric),
-        "challenger": _describe(
-            client, registry.get_alias(client, name, registry.CHALLENGER), metric
-        ),
+        **{role: _describe(client, ref, metric) for role, ref in refs.items()},
         "last_decision": audit[-1] if audit else None,
     }
 
@@ -69,8 +75,10 @@ def status_text(payload: dict[str, Any]) -> str:
 
 def lineage(params: Params, settings: Settings, version: str | None) -> dict[str, Any]:
     """Everything a model version traces back to."""
-    client = registry.connect(settings)
+    client = registry.connect(settings, read_only=True)
     name = params.train.model_name
+    if client is None:
+        raise RegistryError(f"{name}: no model registry yet at {settings.mlflow_uri}; train first")
     ref = (
         registry.get_version(client, name, version)
         if version
@@ -78,45 +86,49 @@ def lineage(params: Params, settings: Settings, version: str | None) -> dict[str
     )
     if ref is None:
         raise RegistryError(f"{name}: no champion yet; train one or pass a version")
-    run = client.get_run(ref.run_id)
+    run = registry._call(client.get_run, ref.run_id)
     inputs = [
         {"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source}
         for d in (run.inputs.dataset_inputs if run.inputs else [])
     ]
-    validation = _artifact_json(client, ref.run_id, "validation.json")
+    validation = _artifact_json(ref.run_id, "validation.json")
+    lineage, verdict = ref.lineage, ref.verdict
     return {
         "model": name,
         "version": ref.version,
         "aliases": list(ref.aliases),
         "mlflow_run_id": ref.run_id,
         "experiment_id": run.info.experiment_id,
-        "data_md5": ref.tags.get(registry.DATA_TAG),
+        "data_md5": lineage.data_md5 or None,
+        "labels_md5": lineage.labels_md5 or None,
         "datasets": inputs,
-        "git_commit": ref.tags.get(registry.COMMIT_TAG),
-        "trigger": ref.tags.get("driftloop.trigger"),
-        "training_complete": run.data.tags.get(registry.COMPLETE_TAG) == "true",
+        "git_commit": lineage.git_commit or None,
+        "trigger": lineage.trigger or None,
+        "triggered_by": lineage.triggered_by or None,
+        "train_since": lineage.train_since or None,
+        "train_until": lineage.train_until or None,
+        "training_complete": run.data.tags.get(COMPLETE_TAG) == "true",
         "validation": {
-            "status": ref.tags.get("driftloop.validation"),
+            "status": lineage.validation or None,
             "success": validation.get("success") if validation else None,
             "evaluated": validation.get("evaluated") if validation else None,
             "failed": validation.get("failed") if validation else None,
         },
         "decision": {
-            "verdict": ref.tags.get(registry.DECISION_TAG),
-            "reason": ref.tags.get(registry.REASON_TAG),
-            "champion_before": ref.tags.get("driftloop.champion_before"),
-            "rollback_reason": ref.tags.get("driftloop.rollback_reason"),
+            "verdict": verdict.decision or None,
+            "reason": verdict.reason or None,
+            "champion_before": verdict.champion_before or None,
+            "rollback_reason": verdict.rollback_reason or None,
         },
     }
 
 
-def _artifact_json(client: Any, run_id: str, path: str) -> dict[str, Any] | None:
+def _artifact_json(run_id: str, path: str) -> dict[str, Any] | None:
+    """A JSON artifact of a run, read through a temporary folder (None when it is missing)."""
     import mlflow.artifacts
 
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+        loaded: dict[str, Any] = mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
     except Exception:
         return None
-    with open(local) as fh:
-        loaded: dict[str, Any] = json.load(fh)
     return loaded
