@@ -92,4 +92,15 @@ class Verdict(Tagged):
     rollback_reason: str = ""
 
 
+@dataclass(frozen=True)
+class MonitorRun(Tagged):
+    """The tags of a monitoring run: the window's end, the champion judged and the decision."""
+
+    as_of: str
+    action: str = ""
+    reason: str = ""
+    champion: str = ""
+    model: str = ""
+
+
 COMPLETE_TAG = PREFIX + "training_complete"  # a run tag: written last, nothing without it ships

@@ -1,5 +1,9 @@
 """`monitoring.monitor` on a real champion: Evidently drift per feature, files, an MLflow run, and
-the "cannot evaluate" cases that must never read as "no_action" (plus the CLI's exit code 7)."""
+the "cannot evaluate" cases that must never read as "no_action" (plus the CLI's exit code 7).
+
+A constant column is drift evidence, not a reason to give up; too few rows for drift leaves the
+decision to the labelled rows' metric, and only when that cannot be judged either is the answer
+"cannot evaluate"."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import pandas as pd
 import pytest
 
 from driftloop import datastore, monitoring
+from driftloop.lineage import MonitorRun
 from driftloop.monitoring import MonitorResult
 from driftloop.sources import load_seattle
 from tests.helpers import Project, cli
@@ -73,7 +78,8 @@ def test_monitor_decides_from_drift_of_every_feature(
     assert january.window_start == "2015-01-04"  # 28 days
     assert january.champion == "1"
     assert january.drift is not None
-    features = champion.params.features.numeric
+    features = champion.params.features.raw
+    assert features == ["precipitation", "temp_max", "temp_min", "wind"]
     assert [c.column for c in january.drift.columns] == features
     assert all(c.method == "ks" and 0.0 <= c.score <= 1.0 for c in january.drift.columns)
     assert january.drift.n_current == 28
@@ -107,11 +113,17 @@ def test_monitor_logs_a_run_in_the_monitoring_experiment(
     client = champion.mlflow_client()
     experiment = client.get_experiment_by_name(champion.params.monitor.experiment)
     assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id], f"tags.`driftloop.as_of` = '{AS_OF}'")
+    as_of = MonitorRun.tag("as_of")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{as_of}` = '{AS_OF}'")
     assert len(runs) == 1
     run = runs[0]
-    assert run.data.tags["driftloop.action"] == "retrain"
-    assert run.data.tags["driftloop.champion"] == "1"
+    assert MonitorRun.from_tags(run.data.tags) == MonitorRun(
+        as_of=AS_OF,
+        action="retrain",
+        reason=january.decision.reason,
+        champion="1",
+        model=champion.model_name,
+    )
     assert january.drift is not None
     for column in january.drift.columns:
         assert run.data.metrics[f"drift_{column.column}"] == pytest.approx(column.score)
@@ -129,51 +141,66 @@ def test_no_champion_cannot_evaluate(project: Project) -> None:
     assert result.drift is None
 
 
-def test_too_few_rows_in_the_window_cannot_evaluate(champion: Project) -> None:
+def test_too_few_rows_for_drift_leaves_the_decision_to_the_labelled_rows(
+    champion: Project,
+) -> None:
     with edited_params(champion, monitor={"min_rows": 40}):  # the window has 28
         result = monitoring.monitor(
             champion.params, champion.settings, dt.date.fromisoformat(AS_OF), log=False
         )
-    assert_cannot_evaluate(result, "28 rows", "min_rows=40")
+    assert result.drift is None
+    assert result.decision.action != "cannot_evaluate", result.decision
+    assert "drift not judged" in result.decision.reason
+    assert "28 rows" in result.decision.reason and "min_rows=40" in result.decision.reason
+    perf = result.performance
+    assert perf is not None and perf.n_labelled == 27 and perf.n_pending == 1  # Jan 31: tomorrow
+    assert f"{perf.n_labelled} labelled rows" in result.decision.reason
+
+
+def test_too_few_rows_and_too_few_labels_cannot_evaluate(champion: Project) -> None:
+    with edited_params(champion, monitor={"min_rows": 40, "min_labelled_rows": 40}):
+        result = monitoring.monitor(
+            champion.params, champion.settings, dt.date.fromisoformat(AS_OF), log=False
+        )
+    assert_cannot_evaluate(result, "28 rows", "min_rows=40", "27 labelled rows", "< 40, not judged")
     assert result.out_dir is not None
     assert read_json(result.out_dir / "decision.json")["action"] == "cannot_evaluate"
 
 
-def test_an_as_of_far_past_the_data_cannot_evaluate(champion: Project) -> None:
-    last = datastore.last_accepted_date(champion.raw_dir)
-    assert last is not None
-    result = monitoring.monitor(
-        champion.params, champion.settings, last + dt.timedelta(days=90), log=False
-    )
-    assert_cannot_evaluate(result, last.isoformat())
-
-
-def test_an_as_of_just_past_the_data_never_judges_a_truncated_window(
-    champion: Project, january: MonitorResult
+@pytest.mark.parametrize("days", [1, 10, 90])
+def test_an_as_of_past_the_data_never_judges_a_truncated_window(
+    champion: Project, days: int
 ) -> None:
     last = datastore.last_accepted_date(champion.raw_dir)
     assert last is not None
     result = monitoring.monitor(
-        champion.params, champion.settings, last + dt.timedelta(days=10), log=False
+        champion.params, champion.settings, last + dt.timedelta(days=days), log=False
     )
-    if result.decision.action != "cannot_evaluate":
-        assert result.drift is not None
-        assert result.drift.n_current == champion.params.monitor.window_days
+    assert_cannot_evaluate(result, f"no accepted data after {last.isoformat()}")
+    assert result.drift is None and result.performance is None
 
 
-def test_a_constant_column_in_the_window_cannot_evaluate(flat_wind: Project) -> None:
+def test_a_constant_column_in_the_window_is_drift_evidence(flat_wind: Project) -> None:
     result = monitoring.monitor(
         flat_wind.params, flat_wind.settings, dt.date.fromisoformat(FLAT_WIND_UNTIL)
     )
-    assert_cannot_evaluate(result, "'wind'", "constant")
-    assert result.drift is None
+    assert result.decision.action != "cannot_evaluate", result.decision
+    assert result.drift is not None
+    assert result.drift.n_current == 28
+    wind = {c.column: c for c in result.drift.columns}["wind"]
+    assert wind.drifted is True, wind  # 3.0 every day against the champion's varied winters
+    assert "wind" in result.drift.drifted_columns
 
 
 def test_cli_monitor_exits_7_when_it_cannot_evaluate(
     prefect_harness: None, flat_wind: Project
 ) -> None:
-    done = cli("monitor", "--as-of", FLAT_WIND_UNTIL, "--retrain", "off", "--json")
+    last = datastore.last_accepted_date(flat_wind.raw_dir)
+    assert last is not None and last.isoformat() == FLAT_WIND_UNTIL
+    as_of = (last + dt.timedelta(days=30)).isoformat()
+    done = cli("monitor", "--as-of", as_of, "--retrain", "off", "--json")
     assert done.exit_code == 7, done.stdout + done.stderr
     summary = json.loads(done.stdout)
     assert summary["action"] == "cannot_evaluate"
-    assert "'wind'" in summary["reason"]
+    assert summary["as_of"] == as_of
+    assert f"no accepted data after {FLAT_WIND_UNTIL}" in summary["reason"]
