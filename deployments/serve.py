@@ -77,10 +77,28 @@ def local_server(
     `env` replaces the child's environment (e.g. a PostgreSQL `PREFECT_API_DATABASE_...`).
     """
     api_url = f"http://127.0.0.1:{port}/api"
-    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "--no-prompt",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+    ]
+    # The UI finds its API from these, never from --port: on another port than 4200 it would
+    # otherwise call a server that is not there.
+    child_env = {
+        **(env if env is not None else os.environ),
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_UI_API_URL": api_url,
+        "PREFECT_UI_API_URL": api_url,
+    }
     proc = subprocess.Popen(
         [*argv, "--port", str(port)],
-        env=env,
+        env=child_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # the server and its workers stop together

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from driftloop import jsonio
 from driftloop.config import Settings
 from driftloop.errors import RegistryError
 from driftloop.lineage import COMPLETE_TAG, Lineage, Verdict
@@ -317,7 +318,7 @@ def append_audit(settings: Settings, entry: dict[str, Any]) -> None:
     settings.audit_log.parent.mkdir(parents=True, exist_ok=True)
     stamped = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **entry}
     with settings.audit_log.open("a") as fh:
-        fh.write(json.dumps(stamped, sort_keys=True, default=str) + "\n")
+        fh.write(jsonio.dumps(stamped, sort_keys=True) + "\n")
 
 
 def read_audit(settings: Settings) -> list[dict[str, Any]]:
