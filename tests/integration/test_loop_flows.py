@@ -7,8 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
 
+import pandas as pd
 import pytest
 
+from driftloop.lineage import Lineage
 from tests.helpers import Project
 from tests.integration.conftest_loop import (
     AS_OF,
@@ -46,9 +48,14 @@ def test_monitor_flow_retrains_in_a_subflow_and_registers_a_version(
     assert isinstance(retrain, dict), retrain
     assert retrain["version"] == "2"
     assert project.versions() == ["1", "2"]
-    tags = project.mlflow_client().get_model_version(project.model_name, "2").tags
-    assert tags["driftloop.trigger"].startswith("retrain: drift:")
-    assert tags["driftloop.train_until"] == AS_OF
+    lineage = Lineage.from_tags(
+        project.mlflow_client().get_model_version(project.model_name, "2").tags
+    )
+    assert lineage.trigger.startswith("retrain: drift:")
+    assert lineage.until == pd.Timestamp(AS_OF)  # trained up to the monitored day, no further
+    assert lineage.since == pd.Timestamp(AS_OF) - pd.Timedelta(
+        days=project.params.retrain.window_days or 0
+    )
     assert len(retrain_claims(project)) == 1
 
 
