@@ -27,6 +27,7 @@ import pandas as pd
 import yaml
 
 SEED = 7
+FLIGHTS_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flights" / "params.yaml"
 HOURS_2023 = pd.date_range("2023-01-01", "2023-12-31 23:00", freq="h")
 STORES = 200
 REGIONS = ("north", "south", "east", "west", "central", "coast", "mountain", "islands")
@@ -160,44 +161,32 @@ def synthetic_params(source: Path) -> dict[str, Any]:
 
 
 def flights_table(fraction: float = 1.0, seed: int = SEED) -> pd.DataFrame:
-    """Flights with weather and the arrival delay (the label source), in time order."""
+    """Landed flights with weather and their arrival delay (the label source), in time order.
+
+    Cancelled and diverted flights never get a label: they are left out (an inner join), as
+    the label batches of the flights example leave them out.
+    """
     from driftloop.flights import load_flight_labels, load_flights
 
     labels = load_flight_labels()[["flight_id", "arr_delay"]]
-    frame = load_flights().merge(labels, on="flight_id", how="left", validate="one_to_one")
+    frame = load_flights().merge(labels, on="flight_id", how="inner", validate="one_to_one")
     if fraction < 1.0:
         keep = np.random.default_rng(seed).random(len(frame)) < fraction
         frame = frame.loc[keep]
-    return frame.sort_values("sched_dep", kind="stable").reset_index(drop=True)
+    return frame.sort_values(["sched_dep", "flight_id"], kind="stable").reset_index(drop=True)
 
 
 def flights_params(source: Path) -> dict[str, Any]:
-    """The params of the flights table: delayed = arrival delay of at least 15 minutes."""
-    weather = ("temp", "humid", "wind_speed", "precip", "visib", "pressure")
-    columns: dict[str, Any] = {"flight_id": {"dtype": "str"}}
-    columns |= {name: {"dtype": "str"} for name in ("carrier", "origin", "dest")}
-    columns["distance"] = {"dtype": "float", "min": 0.0, "max": 6000.0}
-    columns |= {name: {"dtype": "float", "required": False} for name in weather}
-    columns["arr_delay"] = {"dtype": "float", "required": False}
-    return {
-        "data": {
-            "source": str(source),
-            "until": None,
-            "timestamp_column": "sched_dep",
-            "id_column": "flight_id",
-            "frequency": None,
-            "columns": columns,
-        },
-        "target": {"name": "delayed", "column": "arr_delay", "at_least": 15},
-        "features": {
-            "numerical": ["distance", *weather],
-            "categorical": ["carrier", "origin", "dest"],
-            "calendar": ["day_of_year", "weekday", "hour"],
-        },
-        "train": {**TRAIN, "model_name": "bench_flights"},
-        "evaluation": {"segments": ["season", "origin"], "threshold": 0.5},
-        "promote": PROMOTE,
-    }
+    """examples/flights/params.yaml on one file: the label is a column of the table itself.
+
+    Everything else (schema, validation, features, model) is the example's; the whole year is
+    read (`until: null`: the few rows without weather stay under `max_null_share`).
+    """
+    params = yaml.safe_load(FLIGHTS_EXAMPLE.read_text())
+    params["data"] |= {"source": str(source), "until": None}
+    params.pop("labels", None)  # no label batches: the label arrives with the row
+    params.pop("replay", None)
+    return params
 
 
 # -- files -----------------------------------------------------------------------------------
