@@ -244,7 +244,7 @@ def train(
 @app.command()
 def promote(
     version: str = typer.Option(
-        None, help="Version to consider (default: from reports/train.json)"
+        None, help="Version to consider (default: the train stage's report, reports.train)"
     ),
     trigger: str = typer.Option("manual"),
 ) -> None:
@@ -254,7 +254,7 @@ def promote(
     try:
         params, settings = _context()
         if version is None:
-            report = settings.path(stages.TRAIN_REPORT)
+            report = settings.path(params.reports.train)
             if not report.exists():
                 raise DriftloopError(
                     f"{report}: not found; run `driftloop train` or pass --version"

@@ -338,6 +338,15 @@ class RetrainParams(_Strict):
     schedule_every_days: int = Field(28, ge=1)  # the scheduled-only strategy, for comparison
 
 
+class ReportParams(_Strict):
+    """Where the DVC stages write their stable outputs (dvc.yaml templates these paths)."""
+
+    ingest: str = "reports/ingest.json"
+    validation: str = "reports/validation.json"
+    train: str = "reports/train.json"
+    promotion: str = "reports/promotion.json"
+
+
 class ReplayParams(_Strict):
     initial_until: str = "2012-04-30"  # the first model sees only these months
     end: str = "2015-12-31"
@@ -371,6 +380,7 @@ class Params(_Strict):
     monitor: MonitorParams = MonitorParams()
     retrain: RetrainParams = RetrainParams()
     replay: ReplayParams = ReplayParams()
+    reports: ReportParams = ReportParams()
 
     @model_validator(mode="after")
     def _columns_exist(self) -> Params:

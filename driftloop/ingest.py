@@ -28,8 +28,6 @@ from driftloop.errors import IngestError, ValidationFailed
 from driftloop.sources import RawBatch, as_date, read_label_source, read_source
 from driftloop.validation import History, ValidationReport
 
-INGEST_MANIFEST = "reports/ingest.json"
-VALIDATION_REPORT = "reports/validation.json"
 DATA_LOCK = "data"
 
 
@@ -155,7 +153,7 @@ def ingest(
         if not version:  # a replay versions in bulk (version_data) before it trains
             return _result(raw, stored, "", path, column)
         md5 = versioning.track(settings.project, raw_dir, push=push)
-        datastore.write_manifest(raw_dir, settings.path(INGEST_MANIFEST), md5)
+        datastore.write_manifest(raw_dir, settings.path(params.reports.ingest), md5)
         return _result(raw, stored, md5, path, column)
 
 
@@ -164,7 +162,7 @@ def _nothing_new(params: Params, settings: Settings, raw: RawBatch) -> IngestRes
     raw_dir = settings.path(params.data.raw_dir)
     md5 = versioning.recorded_md5(settings.project, raw_dir)
     if md5:
-        datastore.write_manifest(raw_dir, settings.path(INGEST_MANIFEST), md5)
+        datastore.write_manifest(raw_dir, settings.path(params.reports.ingest), md5)
     return IngestResult(raw.origin, 0, md5)
 
 
@@ -176,7 +174,7 @@ def version_data(params: Params, settings: Settings) -> str:
         md5 = versioning.track(settings.project, raw_dir)
         if labels_dir.is_dir() and any(labels_dir.iterdir()):
             versioning.track(settings.project, labels_dir)
-        datastore.write_manifest(raw_dir, settings.path(INGEST_MANIFEST), md5)
+        datastore.write_manifest(raw_dir, settings.path(params.reports.ingest), md5)
     return md5
 
 
@@ -202,7 +200,7 @@ def validate_dataset(params: Params, settings: Settings) -> dict[str, Any]:
         "rows": len(frame),
         **report.to_dict(),
     }
-    _write_json(settings.path(VALIDATION_REPORT), payload)
+    _write_json(settings.path(params.reports.validation), payload)
     if not report.success:
         raise ValidationFailed(f"{raw_dir}: {report.summary()}")
     return payload
@@ -210,7 +208,7 @@ def validate_dataset(params: Params, settings: Settings) -> dict[str, Any]:
 
 def validation_for(params: Params, settings: Settings, data_md5: str) -> dict[str, Any]:
     """The validation report of exactly this data: reuse the stage's report, else validate now."""
-    path = settings.path(VALIDATION_REPORT)
+    path = settings.path(params.reports.validation)
     if path.exists():
         report: dict[str, Any] = json.loads(path.read_text())
         if report.get("data_md5") == data_md5 and report.get("success"):

@@ -58,7 +58,23 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
 
-_READY: set[str] = set()  # stores whose schema this process has already checked
+class ReadyStores:
+    """Tracking stores whose schema this process has already checked (tests may clear it)."""
+
+    def __init__(self) -> None:
+        self._uris: set[str] = set()
+
+    def __contains__(self, uri: object) -> bool:
+        return uri in self._uris
+
+    def add(self, uri: str) -> None:
+        self._uris.add(uri)
+
+    def clear(self) -> None:
+        self._uris.clear()
+
+
+READY = ReadyStores()
 
 
 class ModelCache:
@@ -97,7 +113,7 @@ def connect(settings: Settings, read_only: bool = False) -> Any:
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)  # "no pip in venv"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if uri in _READY:
+    if uri in READY:
         return MlflowClient(uri)
     try:
         if db is None:
@@ -125,7 +141,7 @@ def connect(settings: Settings, read_only: bool = False) -> Any:
         else:
             reason = str(exc).removeprefix("MLflow: ")
         raise RegistryError(f"MLflow store {uri}: {reason}") from exc
-    _READY.add(uri)
+    READY.add(uri)
     return client
 
 

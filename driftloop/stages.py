@@ -25,10 +25,6 @@ from driftloop.promotion import Decision, decide_promotion
 from driftloop.registry import ModelRef
 from driftloop.training import Evaluation, TrainedModel, evaluate, fit_candidate
 
-TRAIN_REPORT = "reports/train.json"
-PROMOTION_REPORT = "reports/promotion.json"
-
-
 # -- the data a model is trained on --------------------------------------------------------------
 
 
@@ -389,7 +385,7 @@ def _record_decision(
         },
     )
     jsonio.write_json(
-        settings.path(PROMOTION_REPORT),
+        settings.path(params.reports.promotion),
         {
             "model": candidate.name,
             "candidate": candidate.version,
@@ -449,10 +445,12 @@ def previous_champion(settings: Settings, name: str, current: str | None) -> str
     return None
 
 
-def write_train_report(settings: Settings, candidate: ModelRef, trained: TrainedModel) -> None:
+def write_train_report(
+    params: Params, settings: Settings, candidate: ModelRef, trained: TrainedModel
+) -> None:
     """The DVC `train` stage's metrics output (stable content: no timestamps)."""
     jsonio.write_json(
-        settings.path(TRAIN_REPORT),
+        settings.path(params.reports.train),
         {
             "model": candidate.name,
             "version": candidate.version,
@@ -533,7 +531,7 @@ def train_and_promote(
     fitted = steps.train(params, split)
     trained = steps.evaluate(params, fitted, split)
     candidate = steps.register(params, settings, trained, data, request.trigger, request.validation)
-    write_train_report(settings, candidate, trained)
+    write_train_report(params, settings, candidate, trained)
     outcome = TrainOutcome(
         candidate.version, candidate.run_id, data.data_md5, trained.holdout.metrics
     )
