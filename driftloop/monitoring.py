@@ -29,6 +29,7 @@ from driftloop.drift import (
 )
 from driftloop.features import attach_labels, make_dataset, sort_rows
 from driftloop.lineage import MonitorRun
+from driftloop.memo import Memo
 from driftloop.training import predict_proba, score
 
 PREDICTION = "proba"
@@ -93,22 +94,8 @@ def window_frame(
     return datastore.load_accepted(raw_dir, params, since=start - _history(params), until=end)
 
 
-class ReferenceCache:
-    """The champion's scored training rows per (project, model, version): computed once."""
-
-    def __init__(self) -> None:
-        self._frames: dict[tuple[str, str, str], pd.DataFrame] = {}
-
-    def get(self, key: tuple[str, str, str], compute: Any) -> pd.DataFrame:
-        if key not in self._frames:
-            self._frames[key] = compute()
-        return self._frames[key]
-
-    def clear(self) -> None:
-        self._frames.clear()
-
-
-REFERENCES = ReferenceCache()
+# The champion's scored training rows per (project, model, version): computed once.
+REFERENCES: Memo[tuple[str, str, str], pd.DataFrame] = Memo()
 
 
 def scored_reference(

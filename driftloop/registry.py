@@ -22,6 +22,7 @@ from driftloop import jsonio
 from driftloop.config import Settings
 from driftloop.errors import RegistryError
 from driftloop.lineage import COMPLETE_TAG, Lineage, Verdict
+from driftloop.memo import Memo
 from driftloop.versioning import project_lock
 
 CHAMPION = "champion"
@@ -77,22 +78,7 @@ class ReadyStores:
 READY = ReadyStores()
 
 
-class ModelCache:
-    """Loaded models by tracking URI and version (registered versions are immutable)."""
-
-    def __init__(self) -> None:
-        self._models: dict[str, Any] = {}
-
-    def get(self, key: str, load: Any) -> Any:
-        if key not in self._models:
-            self._models[key] = load()
-        return self._models[key]
-
-    def clear(self) -> None:
-        self._models.clear()
-
-
-MODELS = ModelCache()  # the process's cache; tests call MODELS.clear()
+MODELS: Memo[str, Any] = Memo()  # versions are immutable: each loaded once; tests clear()
 
 
 def connect(settings: Settings, read_only: bool = False) -> Any:
