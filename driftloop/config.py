@@ -338,6 +338,50 @@ class RetrainParams(_Strict):
     schedule_every_days: int = Field(28, ge=1)  # the scheduled-only strategy, for comparison
 
 
+class ExperimentParams(_Strict):
+    """An online test of `challenger` against `champion` (driftloop experiment start|stop)."""
+
+    kind: Literal["shadow", "ab", "canary"] = "shadow"
+    shadow_share: float = Field(1.0, gt=0.0, le=1.0)  # shadow: share of requests also scored
+    weight: float = Field(0.5, gt=0.0, lt=1.0)  # ab: the challenger's share of traffic
+    sticky_key: str | None = None  # ab/canary: column hashed for assignment (default: the id)
+    canary_steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5])
+    bake_minutes: float = Field(30.0, ge=0.0)  # canary: time at each step before the next
+    max_error_rate: float = Field(0.02, ge=0.0, le=1.0)  # guardrail: challenger errors
+    max_p99_ms: float = Field(250.0, gt=0.0)  # guardrail: challenger p99 latency
+    min_guardrail_requests: int = Field(50, ge=1)  # guardrails judge after this many requests
+    metric: Literal["log_loss", "brier", "accuracy"] = "log_loss"  # judged on labels
+    min_effect: float = Field(0.02, gt=0.0)  # the smallest difference worth detecting
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    power: float = Field(0.8, gt=0.5, lt=1.0)
+    max_days: float = Field(14.0, gt=0.0)  # no verdict by then: ends without promotion
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _ramp(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0.0 < v <= 1.0 for v in value) or value != sorted(value):
+            raise ValueError("must be increasing shares in (0, 1]")
+        return value
+
+
+class ServeParams(_Strict):
+    """The online prediction service (driftloop serve)."""
+
+    host: str = "127.0.0.1"  # another address needs DRIFTLOOP_API_KEY
+    port: int = Field(8000, ge=1, le=65535)
+    max_rows: int = Field(1000, ge=1)  # rows per request
+    max_body_bytes: int = Field(2_000_000, ge=1024)
+    reload_seconds: float = Field(1.0, gt=0.0)  # how often the champion alias is checked
+    log_dir: str = "data/predictions"  # the prediction log (immutable, DVC-versioned rolls)
+    feedback_dir: str = "data/feedback"  # labels sent back, before they become label batches
+    roll_every: str = "1D"  # the prediction log is rolled into Parquet this often
+    flush_seconds: float = Field(1.0, gt=0.0)  # a crash loses at most this much of the log
+    shadow_queue: int = Field(1000, ge=1)  # shadow work beyond this is dropped, never waited on
+    experiment: ExperimentParams = ExperimentParams()
+
+    _roll = field_validator("roll_every", mode="before")(_timedelta)
+
+
 class ReportParams(_Strict):
     """Where the DVC stages write their stable outputs (dvc.yaml templates these paths)."""
 
@@ -381,6 +425,7 @@ class Params(_Strict):
     retrain: RetrainParams = RetrainParams()
     replay: ReplayParams = ReplayParams()
     reports: ReportParams = ReportParams()
+    serve: ServeParams = ServeParams()
 
     @model_validator(mode="after")
     def _columns_exist(self) -> Params:
