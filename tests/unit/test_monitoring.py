@@ -235,6 +235,37 @@ def test_strategy_metrics_count_only_labelled_scored_rows_overall_and_per_month(
     }
 
 
+class ConstantModel:
+    """Predicts one probability for every row; checks it sees only the model's input columns."""
+
+    def __init__(self, proba: float) -> None:
+        self.proba = proba
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        assert list(X.columns) == ["x"]
+        return np.column_stack([np.full(len(X), 1 - self.proba), np.full(len(X), self.proba)])
+
+
+def test_each_row_is_predicted_by_the_model_live_on_its_day() -> None:
+    times = pd.to_datetime(
+        [
+            "2015-01-01 12:00",
+            "2015-01-02 00:00",
+            "2015-01-03 23:59",
+            "2015-01-04 00:00",
+            "2015-01-09 06:00",
+        ]
+    )
+    feats = pd.DataFrame({"x": range(5), "__time": times, "__label": [1, 0, 1, 0, 1]})
+    starts = [dt.date(2015, 1, 2), dt.date(2015, 1, 4)]
+
+    proba = replay.predict_with([ConstantModel(0.1), ConstantModel(0.9)], starts, feats)
+
+    # before the first start no model is live; a model is live from the start of its day on
+    assert np.isnan(proba[0])
+    assert proba[1:].tolist() == [0.1, 0.1, 0.9, 0.9]
+
+
 # --- the seasonal reference ----------------------------------------------------------------------
 
 
