@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from driftloop import datastore, versioning
+from driftloop import datastore, jsonio, versioning
 from driftloop.config import Params, Settings
 from driftloop.datastore import LABEL_TIME, label_columns
 from driftloop.errors import IngestError, ValidationFailed
@@ -45,24 +44,6 @@ class IngestResult:
     @property
     def nothing_new(self) -> bool:
         return self.path is None
-
-
-def _finite(value: Any) -> Any:
-    """A copy with non-finite floats (NaN, inf) as None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write stable JSON (sorted keys, never a bare NaN)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(payload), indent=2, sort_keys=True, default=str, allow_nan=False)
-    path.write_text(text + "\n")
 
 
 def batch_id_for(raw: RawBatch) -> str:
@@ -200,7 +181,7 @@ def validate_dataset(params: Params, settings: Settings) -> dict[str, Any]:
         "rows": len(frame),
         **report.to_dict(),
     }
-    _write_json(settings.path(params.reports.validation), payload)
+    jsonio.write_json(settings.path(params.reports.validation), payload)
     if not report.success:
         raise ValidationFailed(f"{raw_dir}: {report.summary()}")
     return payload
