@@ -309,6 +309,29 @@ def _decide(
     return decide_promotion(cand_eval, champ_eval, params.promote)
 
 
+def promote_lock(settings: Settings, name: str) -> Any:
+    """The one lock under which any move of a model's `champion` alias is decided and applied."""
+    return versioning.project_lock(settings.lock_dir, f"promote-{name}")
+
+
+def set_champion_if_unchanged(
+    client: Any, name: str, version: str, basis: str | None
+) -> str | None:
+    """Compare-and-set: move `champion` to `version` only if it still is `basis` (the version the
+    decision was based on). Call under `promote_lock`. Returns None when applied, else why not.
+    """
+    from driftloop import registry
+
+    now = registry.get_alias(client, name, registry.CHAMPION)
+    if (now.version if now else None) != basis:
+        return (
+            f"champion moved to v{now.version if now else None} "
+            f"during the decision (based on v{basis}); not applied"
+        )
+    registry.set_alias(client, name, registry.CHAMPION, version)
+    return None
+
+
 def promote(
     params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, trigger: str
 ) -> PromotionResult:
@@ -317,7 +340,7 @@ def promote(
 
     client = registry.connect(settings)
     name = params.train.model_name
-    with versioning.project_lock(settings.lock_dir, f"promote-{name}"):
+    with promote_lock(settings, name):
         champion = registry.get_alias(client, name, registry.CHAMPION)
         after = comparable_after(champion, candidate)
         basis = champion.version if champion else None
@@ -328,16 +351,10 @@ def promote(
         decision = _decide(params, champion, candidate, cand_eval, champ_eval)
         applied = False
         if decision.promote:
-            now = registry.get_alias(client, name, registry.CHAMPION)
-            if (now.version if now else None) != basis:
-                decision = Decision(
-                    False,
-                    f"champion moved to v{now.version if now else None} "
-                    f"during the decision (based on v{basis}); not applied",
-                )
-            else:
-                registry.set_alias(client, name, registry.CHAMPION, candidate.version)
-                applied = True
+            refused = set_champion_if_unchanged(client, name, candidate.version, basis)
+            if refused is not None:
+                decision = Decision(False, refused)
+            applied = refused is None
         result = PromotionResult(candidate.version, basis, decision, cand_eval, champ_eval, applied)
         _record_decision(params, settings, client, candidate, result, trigger, data)
     return result
@@ -404,7 +421,7 @@ def rollback(
 
     client = registry.connect(settings)
     name = params.train.model_name
-    with versioning.project_lock(settings.lock_dir, f"promote-{name}"):
+    with promote_lock(settings, name):
         current = registry.get_alias(client, name, registry.CHAMPION)
         target = to_version or previous_champion(
             settings, name, current.version if current else None
