@@ -27,6 +27,8 @@ from uuid import UUID
 
 import pytest
 
+from driftloop.config import flow_target
+from driftloop.lineage import Lineage
 from tests.helpers import BIN_DIR, REPO_ROOT, Project, subprocess_env
 from tests.integration.conftest_loop import AS_OF, wait_until, with_champion
 
@@ -277,10 +279,18 @@ def test_its_retrain_decision_starts_the_retrain_deployment_as_a_child(runs: Run
     assert runs.retrain.parameters["reason"].startswith("drift:")
 
 
+def test_the_retrain_run_is_told_which_project_and_model_explicitly(
+    runs: Runs, project_code: Project
+) -> None:
+    """The worker's flow runs get their project as parameters, never through os.environ."""
+    target = flow_target(project_code.settings)
+    assert {k: runs.retrain.parameters[k] for k in target} == target
+
+
 def test_the_retrain_deployment_run_registers_a_new_version(
     runs: Runs, project_code: Project
 ) -> None:
     assert runs.retrain.state_type.value == "COMPLETED"
     assert project_code.versions() == ["1", "2"]
     tags = project_code.mlflow_client().get_model_version(project_code.model_name, "2").tags
-    assert tags["driftloop.trigger"].startswith("retrain: drift:")
+    assert tags[Lineage.tag("trigger")].startswith("retrain: drift:")
