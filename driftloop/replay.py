@@ -215,7 +215,7 @@ def compare(
 def write_report(
     out_dir: Path, steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]
 ) -> tuple[Path, Path]:
-    """reports/replay/report.json and report.html (plots: drift timeline, monthly accuracy)."""
+    """report.json and report.html (plots: drift timeline, monthly ROC AUC per strategy)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "comparison": comparison, "timeline": [asdict(s) for s in steps]}
     json_path = out_dir / "report.json"
@@ -234,7 +234,7 @@ def _html(steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]) -
         cols=1,
         subplot_titles=(
             "Drifted share of monitored features per step (retrains and promotions marked)",
-            "Monthly accuracy of each strategy's predictions",
+            "Monthly ROC AUC of each strategy's predictions (the promotion metric)",
         ),
         vertical_spacing=0.12,
     )
@@ -267,15 +267,15 @@ def _html(steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]) -
         fig.add_trace(
             go.Scatter(
                 x=months,
-                y=[result["monthly"][m]["accuracy"] for m in months],
+                y=[result["monthly"][m]["roc_auc"] for m in months],
                 mode="lines",
-                name=f"{name} accuracy",
+                name=f"{name} ROC AUC",
             ),
             row=2,
             col=1,
         )
     title = str(meta.get("title", "driftloop replay"))
-    fig.update_layout(height=800, title=title)
+    fig.update_layout(height=800)
     rows = "".join(
         f"<tr><td>{name}</td><td>{r['n_predictions']}</td><td>{_num(r['accuracy'])}</td>"
         f"<td>{_num(r['roc_auc'])}</td><td>{r['retrains']}</td>"
