@@ -1,11 +1,12 @@
 """Timing harness: run a command as a new process several times; wall, CPU and peak RSS.
 
 - `measure(cmd, repeat)`: each run is a fresh process in its own session; wall time includes
-  interpreter start, imports and exit. Peak RSS is of the whole process tree: the sum over the
-  live processes, sampled every `SAMPLE_S`, or the largest single process's own high-water mark
-  (VmHWM) if that is higher (a short peak between two samples). Not wait4's ru_maxrss: on Linux
-  a child inherits the parent's high-water mark across fork + exec, so a bare interpreter started
-  from a 100 MB parent reports 100 MB.
+  interpreter start, imports and exit. Peak memory is of the whole process tree: the sum of the
+  live processes' PSS (shared pages split between their sharers, so a forked child is not counted
+  twice), sampled every `SAMPLE_S`, or the largest single process's own high-water mark (VmHWM)
+  if that is higher (a short peak between two samples). Not wait4's ru_maxrss: on Linux a child
+  inherits the parent's high-water mark across fork + exec, so a bare interpreter started from a
+  100 MB parent reports 100 MB.
 - `Spread`: median and min-max of the runs.
 - `prefect_server()`: a local Prefect server on a free port with a throwaway PREFECT_HOME.
 - `ProjectFactory`: a throwaway driftloop project per run (git + DVC with a local remote, the
@@ -71,19 +72,29 @@ class Spread:
         return asdict(self)
 
 
-def _high_water(pid: int) -> int:
-    """A process's own peak resident bytes since its exec (VmHWM; 0 if gone)."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
+def _proc_kib(path: str, key: str) -> int:
+    """A `Key:   123 kB` field of a /proc file, in bytes (0 if the process is gone)."""
+    with contextlib.suppress(OSError, ValueError), open(path) as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _high_water(pid: int) -> int:
+    """A process's own peak resident bytes since its exec (VmHWM)."""
+    return _proc_kib(f"/proc/{pid}/status", "VmHWM:")
+
+
+def _pss(pid: int) -> int:
+    """A process's proportional set size now: its private pages plus its share of shared ones."""
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 class _PeakSampler(threading.Thread):
     """Samples the process tree until stopped.
 
-    `peak` is the highest of: the sum of the live processes' RSS at one sample, and any single
+    `peak` is the highest of: the sum of the live processes' PSS at one sample, and any single
     process's own high-water mark.
     """
 
@@ -97,9 +108,8 @@ class _PeakSampler(threading.Thread):
         total = 0
         with contextlib.suppress(psutil.Error):
             for proc in [self.root, *self.root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += proc.memory_info().rss
-                    self.peak = max(self.peak, _high_water(proc.pid))
+                total += _pss(proc.pid)
+                self.peak = max(self.peak, _high_water(proc.pid))
         self.peak = max(self.peak, total)
 
     def run(self) -> None:
