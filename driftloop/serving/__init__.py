@@ -1,0 +1,22 @@
+"""The online prediction service: the champion (and a challenger) behind FastAPI.
+
+`create_app(params, settings)` builds it; `driftloop serve` runs it with uvicorn. Plain typed
+code, no Prefect: the model holder (hot swap on an alias move), the request schema built from the
+model's feature step, the prediction and feedback logs, Prometheus metrics and the API key check.
+"""
+
+from __future__ import annotations
+
+
+def run_service(host: str, port: int) -> None:
+    """Start the service with uvicorn (blocks until Ctrl-C or SIGTERM; the log rolls on exit)."""
+    import uvicorn
+
+    from driftloop.config import load_context
+    from driftloop.serving.app import create_app
+    from driftloop.serving.security import check_bind
+
+    check_bind(host)
+    params, settings = load_context()
+    app = create_app(params, settings)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
