@@ -411,7 +411,7 @@ def replay(
 
 
 @app.command()
-def serve() -> None:
+def schedule() -> None:
     """Run the deployments (monitor daily, retrain, training) in this process (Prefect serve)."""
     try:
         _context()
@@ -420,6 +420,137 @@ def serve() -> None:
         _fail(exc)
         return
     serve_all()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to bind (default: params serve.host)"),
+    port: int = typer.Option(None, help="Port (default: params serve.port)"),
+) -> None:
+    """Serve the champion over HTTP: POST /predict, POST /feedback, GET /health, /metrics, /docs.
+
+    The champion alias is followed (a promotion or rollback is swapped in without a restart);
+    every prediction lands in the prediction log. Binding beyond 127.0.0.1 needs
+    DRIFTLOOP_API_KEY, which every request must then carry (X-API-Key).
+    Example: `driftloop serve --port 8000`.
+    """
+    from driftloop.serving import run_service
+
+    try:
+        params, _ = _context()
+        run_service(host or params.serve.host, port or params.serve.port)
+    except DriftloopError as exc:
+        _fail(exc)
+
+
+@app.command()
+def score(
+    file: str = typer.Argument(..., help="A CSV/Parquet file of raw input rows"),
+    output: str = typer.Option(None, help="Where to write (default: FILE.scored.csv/.parquet)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Score a batch file with the champion (batch inference; logged with variant "batch").
+
+    Example: `driftloop score new_rows.csv` writes new_rows.scored.csv and prints its path.
+    """
+    from pathlib import Path
+
+    from driftloop.serving.batch import score_file
+
+    with json_stdout(as_json):
+        try:
+            params, settings = _context()
+            result = score_file(params, settings, Path(file), Path(output) if output else None)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        _emit(result.__dict__, as_json, result.output)
+
+
+feedback_app = typer.Typer(no_args_is_help=True, help="Labels sent back to the service.")
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("flush")
+def feedback_flush(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Turn feedback received by the service into a label batch (the label gate, DVC).
+
+    Labels whose row is not accepted data yet stay pending. Exit 4: the batch failed the gate
+    (quarantined). Example: `driftloop feedback flush --json`.
+    """
+    from driftloop.serving.feedback import flush_feedback
+
+    with json_stdout(as_json):
+        try:
+            params, settings = _context()
+            result = flush_feedback(params, settings)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        text = f"{result.sent} labels sent ({result.pending} pending) -> {result.path or '-'}"
+        _emit(result.__dict__, as_json, text)
+
+
+experiment_app = typer.Typer(
+    no_args_is_help=True,
+    help="Online experiments of `challenger` against `champion` (serve.experiment in params).\n\n"
+    "Examples:\n\n  driftloop experiment start          # shadow, ab or canary, as params say\n\n"
+    "  driftloop experiment status --json\n\n"
+    '  driftloop experiment stop --reason "bad alerts"',
+)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("start")
+def experiment_start(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Start serve.experiment: the `challenger` alias against `champion` (exit 8 if it cannot)."""
+    from driftloop import experiments
+
+    with json_stdout(as_json):
+        try:
+            params, settings = _context()
+            state = experiments.start_experiment(params, settings)
+            payload = experiments.experiment_status(settings, state.model_name)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        _emit(payload, as_json, f"started: {payload['message']}")
+
+
+@experiment_app.command("status")
+def experiment_status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The running experiment (or the last one, with how it ended)."""
+    from driftloop import experiments
+
+    with json_stdout(as_json):
+        try:
+            params, settings = _context()
+            payload = experiments.experiment_status(settings, params.train.model_name)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        _emit(payload, as_json, payload["message"])
+
+
+@experiment_app.command("stop")
+def experiment_stop(
+    reason: str = typer.Option("stopped by hand", help="Why (recorded in the audit log)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Stop the running experiment: all traffic back to the champion (exit 8 if none runs)."""
+    from driftloop import experiments
+
+    with json_stdout(as_json):
+        try:
+            params, settings = _context()
+            name = params.train.model_name
+            if experiments.stop_experiment(settings, name, reason) is None:
+                raise experiments.ExperimentError(f"{name}: no experiment is running")
+            payload = experiments.experiment_status(settings, name)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        _emit(payload, as_json, payload["message"])
 
 
 @app.command()
