@@ -1,7 +1,7 @@
 """The driftloop command line. Heavy libraries are imported inside commands, so --help is fast.
 
 Exit codes: 0 ok; 1 unexpected; 2 config; 3 ingest; 4 validation failed (batch quarantined);
-5 training; 6 registry.
+5 training; 6 registry; 7 monitoring cannot evaluate; 8 experiment.
 """
 
 from __future__ import annotations
