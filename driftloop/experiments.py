@@ -478,7 +478,7 @@ def experiment_rows(state: ExperimentState, predictions: pd.DataFrame) -> pd.Dat
     Rows from its start (until its end), from its two versions: champion rows of the champion
     version; challenger and shadow rows of the challenger version. `key` defaults to the id.
     """
-    frame = predictions.copy()
+    frame = predictions[[c for c in PREDICTION_COLUMNS if c in predictions]].copy()
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
     if "key" not in frame:
         frame["key"] = frame["prediction_id"]
@@ -773,26 +773,32 @@ def experiment_status(settings: Settings, model_name: str) -> dict[str, Any]:
 # -- adapters: the prediction log and applying a verdict -----------------------------------------
 
 
-def _read_parquet_dir(folder: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    files = sorted(folder.rglob("*.parquet")) if folder.exists() else []
-    if not files:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    missing = [c for c in columns if c not in frame and c != "key"]
-    if missing:
-        raise ExperimentError(f"{folder}: prediction log lacks columns {missing}")
-    return frame
+def read_experiment_log(params: Params, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(predictions, labels) from the service's prediction log and feedback.
 
-
-def read_prediction_log(params: Params, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(predictions, labels) from the service's Parquet log and feedback folders.
-
-    Until the service's own reader lands, the files are read as they are: predictions with
-    PREDICTION_COLUMNS (`key` optional), feedback with LABEL_COLUMNS.
+    Feedback names the data id (and the prediction id when the client kept it) with the raw
+    target value; it becomes the binary label of the training data (`features.label`) and is
+    joined to every prediction of that id (shadow rows share the champion's prediction id).
     """
-    predictions = _read_parquet_dir(settings.path(params.serve.log_dir), PREDICTION_COLUMNS)
-    labels = _read_parquet_dir(settings.path(params.serve.feedback_dir), LABEL_COLUMNS)
-    return predictions, labels[list(LABEL_COLUMNS)]
+    from driftloop.datastore import label_columns
+    from driftloop.features import label
+    from driftloop.serving.feedback import read_feedback
+    from driftloop.serving.predlog import read_prediction_log
+
+    predictions = read_prediction_log(params, settings)
+    feedback = read_feedback(params, settings)
+    join, column = label_columns(params)
+    y = label(pd.DataFrame({column: feedback["label"]}), params.target, params.data)
+    known = pd.DataFrame({"key": feedback["key"].astype(str), "label": y.to_numpy()})
+    known["prediction_id"] = feedback["prediction_id"]
+    by_prediction = known.dropna(subset=["prediction_id"])[["prediction_id", "label"]]
+    by_id = pd.DataFrame(columns=["prediction_id", "label"])
+    if join in predictions:
+        ids = predictions[["prediction_id", join]].assign(key=predictions[join].astype(str))
+        by_id = ids.merge(known[["key", "label"]], on="key")[["prediction_id", "label"]]
+    labels = pd.concat([by_prediction, by_id], ignore_index=True).dropna(subset=["label"])
+    columns = [c for c in PREDICTION_COLUMNS if c in predictions]
+    return predictions[columns], labels.drop_duplicates("prediction_id").reset_index(drop=True)
 
 
 def apply_verdict(
@@ -867,7 +873,7 @@ def evaluate_running(
     state = read_state(settings, params.train.model_name)
     if state is None or not state.running:
         return None
-    predictions, labels = read_prediction_log(params, settings)
+    predictions, labels = read_experiment_log(params, settings)
     when = now or dt.datetime.now(dt.UTC)
     verdict = evaluate_experiment(
         state, predictions, labels, params.promote, when, params.evaluation.threshold

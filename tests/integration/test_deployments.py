@@ -265,7 +265,7 @@ def test_deploy_creates_the_deployments_with_schedule_and_limit(
     assert retrain.concurrency_options.collision_strategy == "CANCEL_NEW"
     listed = prefect(server, "deployment", "ls", "-o", "json", cwd=project_code.root, timeout=120)
     names = {d["name"] for d in json.loads(listed.stdout)}
-    assert names == {"monitor-daily", "retrain", "retrain-monthly", "training"}
+    assert names == {"monitor-daily", "retrain", "retrain-monthly", "training", "experiment-hourly"}
 
 
 def test_the_monitor_deployment_run_completes(runs: Runs) -> None:

@@ -471,3 +471,66 @@ def test_a_promotion_is_refused_when_the_champion_moved(project: Project) -> Non
     assert verdict.action == "promote"
     done = x.apply_verdict(project.settings, s, verdict)
     assert done is not None and done.outcome == "ended" and "champion moved" in done.reason
+
+
+# -- the service's log as the evaluation reads it, and the flow's artifact ---------------------
+
+
+def test_reads_the_service_log_and_feedback_as_binary_labels(tmp_path: Path) -> None:
+    """Flights: feedback is the raw arrival delay by flight id; late = delay >= 15 minutes."""
+    from driftloop.config import load_params
+    from driftloop.serving.feedback import FeedbackLog
+    from driftloop.serving.predlog import META, log_dir
+    from tests.helpers import REPO_ROOT
+
+    params = load_params(REPO_ROOT / "examples/flights/params.yaml")
+    settings = settings_at(tmp_path)
+    rows = [
+        ("p1", "champion", "1", 0.2, "f1"),
+        ("p1", "shadow", "2", 0.7, "f1"),  # the shadow row of the same prediction
+        ("p2", "champion", "1", 0.4, "f2"),
+        ("p3", "champion", "1", 0.9, "f3"),  # no label yet
+    ]
+    log = pd.DataFrame(
+        [
+            {
+                "prediction_id": pid,
+                "time": pd.Timestamp("2026-03-01 12:00"),
+                "model_version": v,
+                "variant": var,
+                "probability": p,
+                "label": int(p > 0.5),
+                "key": fid,
+                "flight_id": fid,
+            }
+            for pid, var, v, p, fid in rows
+        ]
+    )
+    assert set(META) <= set(log.columns)
+    log_dir(params, settings).mkdir(parents=True)
+    log.to_parquet(log_dir(params, settings) / "2026-03-01.parquet")
+    feedback = FeedbackLog(settings.path(params.serve.feedback_dir))
+    feedback.record("f1", 42.0, None)  # late
+    feedback.record("f2", 3.0, "p2")  # on time
+    predictions, labels = x.read_experiment_log(params, settings)
+    assert list(predictions.columns) == list(x.PREDICTION_COLUMNS)
+    assert dict(zip(labels["prediction_id"], labels["label"], strict=True)) == {"p1": 1, "p2": 0}
+    s = x.new_state("flights", "1", "2", ExperimentParams(kind="shadow"), T0)
+    champ, chal = x.labelled_arms(s, x.experiment_rows(s, predictions), labels)
+    assert list(champ["prediction_id"]) == list(chal["prediction_id"]) == ["p1"]  # paired
+
+
+def test_the_artifact_shows_traffic_metrics_test_and_decision() -> None:
+    from tasks.experiments import markdown
+
+    s = state("ab", metric="log_loss", min_effect=0.05)
+    y, good, poor = world(3000)
+    preds, labels = frame(s, y, poor, good)
+    verdict = x.evaluate_experiment(s, preds, labels, POLICY, T0 + dt.timedelta(hours=10))
+    text = markdown(s, verdict)
+    assert (
+        f"| challenger | {verdict.traffic['challenger']} | {verdict.labelled['challenger']} |"
+        in text
+    )
+    assert "Welch t-test" in text and "SRM:" in text and "**promote**" in text
+    assert "Promotion gate: promote" in text
