@@ -47,6 +47,20 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_caches() -> Iterator[None]:
+    """Each test module starts with empty per-process caches (loaded models, scored references).
+
+    Their keys name the project and tracking URI, so nothing stale is ever served; clearing
+    keeps a long session's memory to one module's models.
+    """
+    yield
+    for module, cache in (("driftloop.registry", "MODELS"), ("driftloop.monitoring", "REFERENCES")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            getattr(loaded, cache).clear()
+
+
 @pytest.fixture(scope="session")
 def project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`git init` + `dvc init` + analytics off, once per session (each dvc call costs seconds)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from deployments.serve import local_server
+from tests.helpers import Project
 
 PG = "postgres@127.0.0.1:5432"
 
@@ -72,7 +73,9 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
     )
 
 
-def test_training_flow_on_postgres_prefect_and_mlflow(project, pg_database, tmp_path) -> None:
+def test_training_flow_on_postgres_prefect_and_mlflow(
+    project: Project, pg_database: str, tmp_path: Path
+) -> None:
     """Ingest + train + promote through a Prefect server and MLflow both backed by PostgreSQL."""
     import psycopg2
 
@@ -99,7 +102,9 @@ def test_training_flow_on_postgres_prefect_and_mlflow(project, pg_database, tmp_
             summary = json.loads(out.stdout)
             assert summary["promoted"] is True
 
-            status = json.loads(_run(["status", "--json"], project.root, client_env).stdout)
+            shown = _run(["status", "--json"], project.root, client_env)
+            assert shown.returncode == 0, shown.stderr[-2000:]
+            status = json.loads(shown.stdout)
             assert status["tracking_uri"].startswith("postgresql://")
             assert status["champion"]["version"] == summary["version"]
 
