@@ -517,13 +517,9 @@ def _evaluation(arm: pd.DataFrame, threshold: float) -> Evaluation:
     return evaluate_predictions(y, proba, pd.DataFrame(index=range(len(arm))), threshold)
 
 
-def experiment_policy(state: ExperimentState, policy: PromoteParams) -> PromoteParams:
-    """The promotion policy judged on the experiment's metric (its min_delta applies to it)."""
-    return policy.model_copy(update={"primary_metric": state.params.metric})
-
-
 def decide_experiment(state: ExperimentState, test: StatTest, gate: Decision) -> tuple[Action, str]:
-    """Promote only when the test finds the challenger better AND the promotion gate agrees."""
+    """Promote only when the test finds the challenger better on the experiment's metric AND
+    the training gate's policy (its primary metric, min_delta) agrees on the same rows."""
     p = state.params
     summary = (
         f"{test.name} on {p.metric}: challenger {test.improvement:+.4f} "
@@ -571,7 +567,7 @@ def evaluate_experiment(
         action, reason = waiting(state, seen, now)
         return ExperimentVerdict(action, reason, traffic, labelled, seen.n_required, srm)
     champ_eval, chal_eval = _evaluation(champ, threshold), _evaluation(chal, threshold)
-    gate = decide_promotion(chal_eval, champ_eval, experiment_policy(state, policy))
+    gate = decide_promotion(chal_eval, champ_eval, policy)  # its own metric and min_delta
     action, reason = decide_experiment(state, seen.test, gate)
     return ExperimentVerdict(
         action,
@@ -721,14 +717,29 @@ def end_experiment(
 ) -> ExperimentState | None:
     """End the running experiment (only `experiment_id`, if given); None if none was running."""
     with _lock(settings, model_name):
-        current = read_state(settings, model_name)
-        if current is None or not current.running:
-            return None
-        if experiment_id is not None and current.id != experiment_id:
-            return None
-        done = ended(current, outcome, reason, now or dt.datetime.now(dt.UTC))
-        save_state(settings, done)
-        _audit(settings, done, "experiment-end", decision=outcome, reason=reason)
+        current = _running(settings, model_name, experiment_id)
+        return None if current is None else _end(settings, current, outcome, reason, now)
+
+
+def _running(
+    settings: Settings, model_name: str, experiment_id: str | None
+) -> ExperimentState | None:
+    current = read_state(settings, model_name)
+    if current is None or not current.running:
+        return None
+    return current if experiment_id in (None, current.id) else None
+
+
+def _end(
+    settings: Settings,
+    state: ExperimentState,
+    outcome: str,
+    reason: str,
+    now: dt.datetime | None = None,
+) -> ExperimentState:
+    done = ended(state, outcome, reason, now or dt.datetime.now(dt.UTC))
+    save_state(settings, done)
+    _audit(settings, done, "experiment-end", decision=outcome, reason=reason)
     return done
 
 
@@ -806,20 +817,25 @@ def apply_verdict(
 ) -> ExperimentState | None:
     """Promote (the training gate's compare-and-set, version tags, audit) or end the experiment.
 
-    `continue` changes nothing. Returns the ended experiment (None if nothing ended).
+    Under the experiment's lock, and only while this very experiment still runs: a guardrail
+    that ended it during the evaluation wins. `continue` changes nothing. Returns the ended
+    experiment (None if nothing ended).
     """
     if verdict.action == "continue":
         return None
-    outcome, reason = "ended", verdict.reason
-    if verdict.action == "promote":
-        refused = _promote(settings, state, verdict)
-        outcome = "promoted" if refused is None else "ended"
-        reason = reason if refused is None else refused
-    else:
-        _tag(settings, state, "rejected", reason)
-    if verdict.srm is not None and verdict.srm.mismatch:
-        outcome = "srm"
-    return end_experiment(settings, state.model_name, outcome, reason, experiment_id=state.id)
+    with _lock(settings, state.model_name):
+        if _running(settings, state.model_name, state.id) is None:
+            return None
+        outcome, reason = "ended", verdict.reason
+        if verdict.action == "promote":
+            refused = _promote(settings, state, verdict)
+            outcome = "promoted" if refused is None else "ended"
+            reason = reason if refused is None else refused
+        else:
+            _tag(settings, state, "rejected", reason)
+        if verdict.srm is not None and verdict.srm.mismatch:
+            outcome = "srm"
+        return _end(settings, state, outcome, reason)
 
 
 def _tag(settings: Settings, state: ExperimentState, decision: str, reason: str) -> None:

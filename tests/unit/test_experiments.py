@@ -352,7 +352,7 @@ def test_significant_but_the_gate_refuses() -> None:
     s = state("ab", metric="log_loss", min_effect=0.05)
     y, good, poor = world(3000)
     preds, labels = frame(s, y, poor, good)
-    strict = PromoteParams(min_delta=0.5)  # on the experiment's metric: log loss must drop 0.5
+    strict = PromoteParams(primary_metric="roc_auc", min_delta=0.5)  # the gate's own metric
     verdict = x.evaluate_experiment(s, preds, labels, strict, T0 + dt.timedelta(hours=10))
     assert verdict.action == "end" and "the promotion gate refuses" in verdict.reason
 
@@ -534,3 +534,17 @@ def test_the_artifact_shows_traffic_metrics_test_and_decision() -> None:
     )
     assert "Welch t-test" in text and "SRM:" in text and "**promote**" in text
     assert "Promotion gate: promote" in text
+
+
+def test_a_guardrail_during_the_evaluation_wins_over_its_promotion(tmp_path: Path) -> None:
+    settings = settings_at(tmp_path)
+    s = state("shadow", metric="log_loss", min_effect=0.05)
+    x.save_state(settings, s)
+    y, good, poor = world(1500)
+    preds, labels = frame(s, y, poor, good)
+    verdict = x.evaluate_experiment(s, preds, labels, POLICY, T0 + dt.timedelta(hours=10))
+    assert verdict.action == "promote"
+    x.end_experiment(settings, "m", "guardrail", "guardrail: p99", experiment_id=s.id)
+    assert x.apply_verdict(settings, s, verdict) is None  # nothing promoted, no registry touched
+    last = x.read_state(settings, "m")
+    assert last is not None and last.outcome == "guardrail"
