@@ -154,3 +154,22 @@ def _labels_md5(params: Params, settings: Settings) -> str:
     from driftloop import versioning
 
     return versioning.recorded_md5(settings.project, settings.path(params.data.labels_dir))
+
+
+def feedback_labels(params: Params, settings: Settings, predictions: pd.DataFrame) -> pd.DataFrame:
+    """Binary labels (0/1) per served prediction: `prediction_id, label` (for experiments).
+
+    A label sent for a data id labels every prediction of that row (by the join column); one
+    sent by prediction id labels that prediction and the others of the same row.
+    """
+    from driftloop.features import label
+
+    join, column = label_columns(params)
+    fed = read_feedback(params, settings).drop_duplicates("key", keep="first")
+    if fed.empty or predictions.empty or join not in predictions:
+        return pd.DataFrame({"prediction_id": [], "label": []})
+    binary = label(pd.DataFrame({column: fed["label"].to_numpy()}), params.target, params.data)
+    by_key = pd.Series(binary.to_numpy(), index=fed["key"].astype(str).to_numpy())
+    keys = predictions[join].astype(str)
+    out = pd.DataFrame({"prediction_id": predictions["prediction_id"], "label": keys.map(by_key)})
+    return out.dropna().drop_duplicates("prediction_id").astype({"label": int})

@@ -148,11 +148,12 @@ def _empty_rows(params: Params) -> pd.DataFrame:
 
 def _experiments() -> Any:
     """The experiments module (issue 8), or None while it does not exist: champion only."""
-    try:
-        from driftloop import experiments
+    import importlib
+
+    try:  # by module name: sys.modules decides (not an attribute of the package)
+        return importlib.import_module("driftloop.experiments")
     except ImportError:
         return None
-    return experiments
 
 
 @dataclass
