@@ -55,7 +55,7 @@ def common(name: str) -> dict[str, Any]:
     }
 
 
-# -- stocks: entities and a forecast per entity ------------------------------------------------------
+# -- stocks: entities and a forecast per entity ---------------------------------------------------
 
 
 def stocks_params(project: Project) -> Path:
@@ -70,7 +70,10 @@ def stocks_params(project: Project) -> Path:
             "quarantine_dir": "data/stocks/quarantine",
             "monitoring_dir": "data/stocks/monitoring",
             "columns": {
-                "symbol": {"dtype": "category", "allowed": ["MSFT", "AMZN", "IBM", "AAPL", "GOOG"]},
+                "symbol": {
+                    "dtype": "category",
+                    "allowed": ["MSFT", "AMZN", "IBM", "AAPL", "GOOG"],
+                },
                 "price": {"dtype": "float", "min": 0.0, "max": 10000.0},
             },
         },
@@ -141,7 +144,7 @@ def test_the_stocks_model_is_monitored_on_a_later_year(
     assert payload["performance"]["n_pending"] == 5  # December 2008: next month not seen yet
 
 
-# -- an id, categories and labels that arrive later -------------------------------------------------
+# -- an id, categories and labels that arrive later ----------------------------------------------
 
 
 def loans(n: int, start: str, seed: int) -> pd.DataFrame:
@@ -204,7 +207,7 @@ def lending(module_project: Project) -> tuple[Project, Path, pd.DataFrame]:
 def test_labels_arrive_in_batches_of_their_own_and_only_labelled_rows_train(
     lending: tuple[Project, Path, pd.DataFrame],
 ) -> None:
-    project, params, table = lending
+    project, params, _ = lending
     p = ["--params", str(params)]
     assert cli(*p, "ingest", str(project.root / "applications.csv")).exit_code == 0
     assert cli(*p, "ingest", "--labels", str(project.root / "labels-1.csv")).exit_code == 0
@@ -244,7 +247,7 @@ def test_a_label_batch_with_unknown_ids_is_quarantined_and_nothing_changes(
 def test_monitoring_judges_labelled_rows_and_counts_pending_ones(
     lending: tuple[Project, Path, pd.DataFrame],
 ) -> None:
-    project, params, table = lending
+    _, params, table = lending
     result = cli("--params", str(params), "monitor", "--retrain", "off", "--json")
     assert result.exit_code in (0, 7), result.stderr
     payload = json.loads(result.stdout)

@@ -84,7 +84,8 @@ def test_summer_vs_winter_drifts_on_temperatures(season_report: tuple[DriftSumma
     assert by_column["temp_max"].method == "ks" and by_column["temp_max"].kind == "numerical"
     assert by_column["temp_max"].threshold == 0.05
     assert by_column["temp_max"].score is not None and by_column["temp_max"].score < 1e-10
-    assert by_column["weather"].method == "jensenshannon" and by_column["weather"].kind == "categorical"
+    assert by_column["weather"].method == "jensenshannon"
+    assert by_column["weather"].kind == "categorical"
     assert summary.drifted_share >= 0.5
     assert set(summary.drifted_columns) >= {"temp_max", "temp_min"}
     assert summary.n_reference == summary.n_reference_sampled == 368
