@@ -690,6 +690,7 @@ def start_experiment(
     from driftloop import registry
 
     name = params.train.model_name
+    _judged_on_feedback(params)
     client = registry.connect(settings)
     with _lock(settings, name):
         current = read_state(settings, name)
@@ -705,6 +706,20 @@ def start_experiment(
         save_state(settings, state)
         _audit(settings, state, "experiment-start", params=state.params.model_dump(mode="json"))
     return state
+
+
+def _judged_on_feedback(params: Params) -> None:
+    """Fail closed at the start: a verdict needs labels sent back for served rows."""
+    from driftloop.datastore import label_columns
+    from driftloop.errors import ConfigError
+
+    try:
+        label_columns(params)
+    except ConfigError as exc:
+        raise ExperimentError(
+            f"{params.train.model_name}: an experiment is judged on feedback labels, "
+            f"which this model cannot take: {exc}"
+        ) from None
 
 
 def end_experiment(

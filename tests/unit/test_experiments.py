@@ -387,13 +387,18 @@ def register_two_models(project: Project) -> None:
 
 
 def set_experiment(project: Project, **values: object) -> None:
-    """Write serve.experiment into the project's params.yaml (the section may not exist yet)."""
+    """Write serve.experiment into the project's params.yaml, for a model whose labels come
+    back as feedback (an explicit label column and a row id; Seattle's is a forecast)."""
     import yaml
 
     from driftloop.config import load_params
 
     file = project.root / "params.yaml"
     raw = yaml.safe_load(file.read_text())
+    raw["data"]["id_column"] = "row_id"
+    raw["data"]["columns"]["row_id"] = {"dtype": "str"}
+    raw["data"]["columns"]["rain_tomorrow"] = {"dtype": "float", "required": False}
+    raw["target"] = {"name": "rain", "column": "rain_tomorrow", "above": 0.0}
     raw.setdefault("serve", {})["experiment"] = values
     file.write_text(yaml.safe_dump(raw, sort_keys=False))
     project.params = load_params(file)
@@ -420,6 +425,8 @@ def run_to_verdict(project: Project, kind: str, good: str, **params: object) -> 
 def test_three_experiments_each_run_to_a_verdict(project: Project) -> None:
     register_two_models(project)
     name = project.model_name
+    refused = cli("experiment", "start")  # Seattle's label is a forecast: no feedback to judge
+    assert refused.exit_code == 8 and "feedback labels" in refused.stderr
 
     # 1. canary: the challenger is slow, so the guardrail ends it at once
     set_experiment(project, kind="canary", max_p99_ms=100)
