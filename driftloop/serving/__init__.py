@@ -14,9 +14,11 @@ def run_service(host: str, port: int) -> None:
 
     from driftloop.config import load_context
     from driftloop.serving.app import create_app
+    from driftloop.serving.models import limit_threads
     from driftloop.serving.security import check_bind
 
     check_bind(host)
+    limit_threads()
     params, settings = load_context()
     app = create_app(params, settings)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -19,6 +19,7 @@ import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from driftloop import datastore
 from driftloop.config import Params, Settings
@@ -391,24 +392,30 @@ def create_app(params: Params, settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    if service.key is not None:
+        app.add_middleware(ApiKeyMiddleware, key=service.key)
     _routes(app, service)
     return app
 
 
+class ApiKeyMiddleware:
+    """Every request carries the API key (X-API-Key) or gets a 401 (plain ASGI: cheap)."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app, self.key = app, key
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(API_KEY_HEADER.lower().encode())
+            if not key_matches(given.decode("latin-1") if given else None, self.key):
+                detail = f"missing or wrong {API_KEY_HEADER} header"
+                await JSONResponse({"detail": detail}, 401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _routes(app: FastAPI, service: Service) -> None:
     serve = service.params.serve
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        if service.key is not None and not key_matches(
-            request.headers.get(API_KEY_HEADER), service.key
-        ):
-            return JSONResponse({"detail": f"missing or wrong {API_KEY_HEADER} header"}, 401)
-        try:
-            response: Response = await call_next(request)
-            return response
-        except ApiError as exc:
-            return _error(service, request, exc)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
@@ -417,20 +424,21 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.post(
         "/predict", summary="Score raw input rows with the champion (or the assigned variant)"
     )
-    async def predict(request: Request) -> dict[str, Any]:
+    async def predict(request: Request) -> Response:
         body = await _body(request, serve.max_body_bytes)
         rows = _records(body, serve.max_rows)
         current = service.holder.current
         if current.champion is None:
             raise ApiError(503, "no champion model is loaded yet")
         valid = _validate(rows, current.champion.rows)
-        return {"predictions": _predict(service, valid)}
+        return JSONResponse({"predictions": _predict(service, valid)})
 
     @app.post("/feedback", summary="Labels for served predictions (by prediction_id or data id)")
-    async def feedback(request: Request) -> dict[str, Any]:
+    async def feedback(request: Request) -> Response:
         body = await _body(request, serve.max_body_bytes)
         items = _records(body, serve.max_rows)
-        return {"feedback": _feedback(service, items)}
+        done = await run_in_threadpool(_feedback, service, items)  # fsync off the event loop
+        return JSONResponse({"feedback": done})
 
     @app.get("/health", summary="Loaded versions, the registry store, the prediction log")
     def health() -> Response:

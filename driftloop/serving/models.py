@@ -106,8 +106,20 @@ def features_for(loaded: Loaded, rows: pd.DataFrame, history: History | None) ->
 
 
 def score(loaded: Loaded, rows: pd.DataFrame, history: History | None) -> np.ndarray:
-    """Probabilities of the positive class for raw rows."""
-    return predict_proba(loaded.model, features_for(loaded, rows, history))
+    """Probabilities of the positive class for raw rows.
+
+    No per-call thread-pool limit (threadpoolctl costs ~5 ms a call): the service process sets
+    one limit at start (`limit_threads`); requests are small batches.
+    """
+    X = features_for(loaded, rows, history)
+    return np.asarray(loaded.model.predict_proba(X)[:, 1], dtype=float)
+
+
+def limit_threads() -> None:
+    """One OpenMP/BLAS thread for the whole process (small batches: no thread spin-up)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
 
 
 def _signature_and_example(ref: ModelRef) -> tuple[list[str], pd.DataFrame | None]:
