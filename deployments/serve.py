@@ -1,4 +1,4 @@
-"""`driftloop serve`: every deployment of prefect.yaml served from this one process.
+"""`driftloop schedule`: every deployment of prefect.yaml served from this one process.
 
 Schedules, parameters and limits come from deployments/prefect.yaml, so `prefect deploy` and the
 serve mode never disagree. Without PREFECT_API_URL a local `prefect server start` is launched
