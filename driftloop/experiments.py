@@ -800,31 +800,15 @@ def experiment_status(settings: Settings, model_name: str) -> dict[str, Any]:
 
 
 def read_experiment_log(params: Params, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(predictions, labels) from the service's prediction log and feedback.
-
-    Feedback names the data id (and the prediction id when the client kept it) with the raw
-    target value; it becomes the binary label of the training data (`features.label`) and is
-    joined to every prediction of that id (shadow rows share the champion's prediction id).
-    """
-    from driftloop.datastore import label_columns
-    from driftloop.features import label
-    from driftloop.serving.feedback import read_feedback
+    """(predictions, labels) through the service's readers: its prediction log, and feedback as
+    binary labels per prediction (by data id: shadow rows share the champion's prediction id)."""
+    from driftloop.serving.feedback import feedback_labels
     from driftloop.serving.predlog import read_prediction_log
 
     predictions = read_prediction_log(params, settings)
-    feedback = read_feedback(params, settings)
-    join, column = label_columns(params)
-    y = label(pd.DataFrame({column: feedback["label"]}), params.target, params.data)
-    known = pd.DataFrame({"key": feedback["key"].astype(str), "label": y.to_numpy()})
-    known["prediction_id"] = feedback["prediction_id"]
-    by_prediction = known.dropna(subset=["prediction_id"])[["prediction_id", "label"]]
-    by_id = pd.DataFrame(columns=["prediction_id", "label"])
-    if join in predictions:
-        ids = predictions[["prediction_id", join]].assign(key=predictions[join].astype(str))
-        by_id = ids.merge(known[["key", "label"]], on="key")[["prediction_id", "label"]]
-    labels = pd.concat([by_prediction, by_id], ignore_index=True).dropna(subset=["label"])
+    labels = feedback_labels(params, settings, predictions)
     columns = [c for c in PREDICTION_COLUMNS if c in predictions]
-    return predictions[columns], labels.drop_duplicates("prediction_id").reset_index(drop=True)
+    return predictions[columns], labels[list(LABEL_COLUMNS)]
 
 
 def apply_verdict(
