@@ -27,7 +27,7 @@ from driftloop.serving import predlog
 from driftloop.serving.feedback import FeedbackLog, label_problem
 from driftloop.serving.metrics import ServiceMetrics
 from driftloop.serving.models import History, Loaded, ModelHolder, _experiments, score
-from driftloop.serving.schema import needs_history
+from driftloop.serving.schema import needs_history, row_model
 from driftloop.serving.security import API_KEY_HEADER, api_key, key_matches
 
 log = logging.getLogger("driftloop.serving")
@@ -421,8 +421,16 @@ def _routes(app: FastAPI, service: Service) -> None:
     async def api_error(request: Request, exc: ApiError) -> Response:
         return _error(service, request, exc)
 
+    row_schema = row_model(service.params).model_json_schema()
+    many = {"type": "object", "properties": {"records": {"type": "array", "items": row_schema}}}
+    body_doc = {"oneOf": [row_schema, many]}
+
     @app.post(
-        "/predict", summary="Score raw input rows with the champion (or the assigned variant)"
+        "/predict",
+        summary="Score raw input rows with the champion (or the assigned variant)",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body_doc}}}
+        },
     )
     async def predict(request: Request) -> Response:
         body = await _body(request, serve.max_body_bytes)

@@ -129,7 +129,10 @@ def test_predict_answers_each_row_with_id_probability_label_version_and_variant(
         in metrics
     )
     assert "driftloop_predict_latency_seconds_bucket" in metrics
-    assert client.get("/openapi.json").json()["paths"].keys() >= {"/predict", "/feedback"}
+    spec = client.get("/openapi.json").json()
+    assert spec["paths"].keys() >= {"/predict", "/feedback", "/health", "/metrics"}
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert "amount" in json.dumps(body["schema"])
 
 
 def test_the_prediction_log_holds_every_prediction_with_its_inputs(

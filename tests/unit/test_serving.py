@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,24 @@ def test_rolls_are_immutable_parquet_and_a_restart_rolls_what_was_left(tmp_path:
     assert len(files) == 2 and rolled  # versioned after each roll
     frame = pd.concat(pd.read_parquet(p) for p in files)
     assert len(frame) == 6 and not list((tmp_path / "wal").glob(f"*{WAL_SUFFIX}"))
+
+
+def test_the_writer_rolls_every_roll_every_while_serving(tmp_path: Path) -> None:
+    versioned: list[Path] = []
+    log = PredictionLog(
+        tmp_path / "wal", tmp_path / "log", 0.05, dt.timedelta(seconds=0.2), versioned.append
+    )
+    log.start()
+    try:
+        for _ in range(10):
+            log.append(_records(3))
+            time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while len(list((tmp_path / "log").glob("*.parquet"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list((tmp_path / "log").glob("*.parquet"))) >= 2 and versioned
+        assert log.healthy
+    finally:
+        log.close()
+    frame = pd.concat(pd.read_parquet(p) for p in (tmp_path / "log").glob("*.parquet"))
+    assert len(frame) == 30
