@@ -86,13 +86,15 @@ class History:
         data = self._params.data
         with self._lock:
             context = self._frame
+            for key in data.entity_columns:  # only the request's entities' history
+                context = context[context[key].isin(rows[key])]
             marked = rows.assign(_served=np.arange(len(rows)))
             both = pd.concat([context.assign(_served=-1), marked], ignore_index=True)
             ordered = sort_rows(both, data)
             X = feature_frame(ordered, self._params.features, data)
             mine = ordered["_served"].to_numpy() >= 0
             out = X.loc[mine].set_axis(ordered.loc[mine, "_served"].to_numpy()).sort_index()
-            self._frame = self._trim(ordered.drop(columns="_served"))
+            self._frame = self._trim(pd.concat([self._frame, rows], ignore_index=True))
         return out.reset_index(drop=True)
 
 

@@ -276,7 +276,8 @@ def test_feedback_becomes_a_label_batch_through_the_label_gate(
         else pd.read_csv(result.path)
     )
     assert {r["loan_id"] for r in rows} <= set(stored["loan_id"].astype(str))
-    assert flush_feedback(params, settings).sent == 0  # nothing new: a no-op
+    again = cli("--params", str(settings.params), "feedback", "flush", "--json")
+    assert again.exit_code == 0 and again.json()["sent"] == 0  # nothing new: a no-op
 
 
 # -- hot swap ------------------------------------------------------------------------------------

@@ -13,12 +13,12 @@ import pytest
 from pydantic import ValidationError
 
 from driftloop.config import Params, load_params
-from driftloop.features import feature_frame
+from driftloop.features import feature_frame, sort_rows
 from driftloop.serving.models import History
 from driftloop.serving.predlog import WAL_SUFFIX, PredictionLog, read_wal, records
 from driftloop.serving.schema import input_columns, needs_history, rows_adapter
 from tests.helpers import REPO_ROOT
-from tests.unit.test_features import daily
+from tests.unit.test_features import daily, stocks, stocks_params
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,15 @@ def test_the_writer_rolls_every_roll_every_while_serving(tmp_path: Path) -> None
         log.close()
     frame = pd.concat(pd.read_parquet(p) for p in (tmp_path / "log").glob("*.parquet"))
     assert len(frame) == 30
+
+
+def test_history_is_kept_per_entity(seattle: Params) -> None:
+    params = stocks_params(seattle)
+    table = sort_rows(stocks(), params.data)
+    history = History(params, table.iloc[:4])  # two months of A and B
+    online = pd.concat(
+        [history.features(table.iloc[i : i + 1].reset_index(drop=True)) for i in range(4, 8)],
+        ignore_index=True,
+    )
+    batch = feature_frame(table, params.features, params.data).iloc[4:].reset_index(drop=True)
+    pd.testing.assert_frame_equal(online[batch.columns], batch)
