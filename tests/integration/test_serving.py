@@ -597,3 +597,39 @@ def test_kill_9_loses_no_flushed_prediction_and_a_restart_rolls_what_was_left(
         pd.concat(pd.read_parquet(p) for p in rolled)["prediction_id"]
     )
     assert settings.path(params.serve.log_dir).with_suffix(".dvc").is_file()
+
+
+def test_a_real_shadow_experiment_is_followed_by_the_service_from_start_to_stop(
+    served: Served,
+) -> None:
+    from driftloop import experiments
+
+    served.set_champion(served.first)
+    client_ = served.project.mlflow_client()
+    client_.set_registered_model_alias("loan_default", "challenger", served.second)
+    params, settings = served.context(
+        reload_seconds=0.2, flush_seconds=0.2, experiment={"kind": "shadow"}
+    )
+    with TestClient(create_app(params, settings)) as test_client:
+        experiments.start_experiment(params, settings)
+        try:
+            health = poll(
+                lambda: test_client.get("/health").json(),
+                lambda h: h["experiment"] and h["challenger_version"] == served.second,
+                10,
+            )
+            assert health["challenger_version"] == served.second
+            answers = predict(test_client, {"records": served.rows(40, 8)}).json()["predictions"]
+            assert {a["variant"] for a in answers} == {"champion"}
+            ids = {a["prediction_id"] for a in answers}
+            logged = poll(
+                lambda: read_prediction_log(params, settings),
+                lambda f: ids <= set(f.loc[f["variant"] == "shadow", "prediction_id"]),
+                10,
+            )
+            shadow = logged[(logged["variant"] == "shadow") & logged["prediction_id"].isin(ids)]
+            assert len(shadow) == 8 and (shadow["model_version"] == served.second).all()
+        finally:
+            experiments.end_experiment(settings, params.train.model_name, "stopped", "test over")
+        after = poll(lambda: test_client.get("/health").json(), lambda h: not h["experiment"], 10)
+        assert after["challenger_version"] is None
