@@ -587,6 +587,9 @@ def test_kill_9_loses_no_flushed_prediction_and_a_restart_rolls_what_was_left(
         server.wait(10)
         server = _start(served, port, tmp_path / "serve.log")
         poll(lambda: _health(port), lambda h: h is not None and h["champion_version"], 90)
+        # the restarted service knows the predictions made before the kill
+        fed = _post(port, "/feedback", {"prediction_id": ids[-1], "label": 0})["feedback"]
+        assert fed[0]["key"] == served.rows(45, 5)[-1]["loan_id"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
