@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,11 @@ def _load_flow(entrypoint: str) -> Any:
     return getattr(module, func)
 
 
-def to_runner_deployment(spec: dict[str, Any]) -> Any:
-    """A served deployment from one prefect.yaml entry (same name, schedule, limit)."""
+def to_runner_deployment(spec: dict[str, Any], target: Mapping[str, str] | None = None) -> Any:
+    """A served deployment from one prefect.yaml entry (same name, schedule, limit).
+
+    `target` (project, params file, home, tracking URI) is added to its parameters.
+    """
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron
 
@@ -48,7 +52,7 @@ def to_runner_deployment(spec: dict[str, Any]) -> Any:
     return _load_flow(spec["entrypoint"]).to_deployment(
         name=spec["name"],
         description=spec.get("description"),
-        parameters=spec.get("parameters") or {},
+        parameters={**(spec.get("parameters") or {}), **(target or {})},
         schedules=schedules or None,
         concurrency_limit=ConcurrencyLimitConfig(**limit) if limit else None,
     )
@@ -114,21 +118,23 @@ def local_server(
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def serve_all() -> None:
-    """Serve every deployment (limit: two flow runs at once on a 2-core machine)."""
+def serve_all(target: Mapping[str, str] | None = None) -> None:
+    """Serve every deployment for one model (limit: two flow runs at once on 2 cores)."""
     from prefect import serve
 
     if os.environ.get("PREFECT_API_URL"):
-        serve(*[to_runner_deployment(s) for s in deployment_specs()], limit=2)
+        serve(*[to_runner_deployment(s, target) for s in deployment_specs()], limit=2)
         return
     with local_server() as api_url:
-        os.environ["PREFECT_API_URL"] = api_url
         print(f"Prefect UI: {api_url.removesuffix('/api')}", flush=True)
-        _serve_in_child(api_url)
+        _serve_in_child(api_url, target)
 
 
-def _serve_in_child(api_url: str) -> None:
+def _serve_in_child(api_url: str, target: Mapping[str, str] | None) -> None:
     """Prefect reads its settings at import: serve from a process that starts with the URL set."""
     env = {**os.environ, "PREFECT_API_URL": api_url}
-    code = "from deployments.serve import serve_all; serve_all()"
-    subprocess.run([sys.executable, "-c", code], env=env, check=False)
+    code = (
+        "import json, sys; from deployments.serve import serve_all; "
+        "serve_all(json.loads(sys.argv[1]) or None)"
+    )
+    subprocess.run([sys.executable, "-c", code, json.dumps(target or {})], env=env, check=False)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import typer
 
@@ -42,14 +42,29 @@ def _global(
     ),
 ) -> None:
     """Options for every command."""
-    if params:
-        os.environ["DRIFTLOOP_PARAMS"] = params  # this process and the tools it starts
+    _OPTIONS.params = params or None  # per invocation; the environment is left as it is
+
+
+class _Options:
+    """The global options of the current invocation (passed down explicitly from here)."""
+
+    params: str | None = None
+
+
+_OPTIONS = _Options()
 
 
 def _context() -> tuple[Any, Any]:
     from driftloop.config import load_context
 
-    return load_context()
+    return load_context(params_file=_OPTIONS.params)
+
+
+def _target() -> Any:
+    """Flow parameters naming this invocation's project and model."""
+    from driftloop.config import flow_target
+
+    return flow_target(_context()[1])
 
 
 class _HeldOutput:
@@ -280,10 +295,10 @@ def run(
 ) -> None:
     """The training pipeline as a Prefect flow: ingest, validate, train, register, promote."""
     try:
-        _context()
+        target = _target()
         from flows.training import training_flow
 
-        summary = training_flow(source=source, until=until, labels=labels)
+        summary = training_flow(source=source, until=until, labels=labels, **target)
     except DriftloopError as exc:
         _fail(exc)
         return
@@ -354,12 +369,13 @@ def monitor(
 ) -> None:
     """Drift and performance of the champion on the newest window (Prefect flow)."""
     try:
-        _context()
+        target = _target()
         from flows.monitoring import monitor_flow
 
         if retrain not in ("subflow", "deployment", "off"):
             raise typer.BadParameter("--retrain must be subflow, deployment or off")
-        summary = monitor_flow(as_of=as_of, retrain=retrain)  # type: ignore[call-overload]
+        mode: Literal["subflow", "deployment", "off"] = retrain  # type: ignore[assignment]
+        summary = monitor_flow(as_of=as_of, retrain=mode, **target)
     except DriftloopError as exc:
         _fail(exc)
         return
@@ -376,10 +392,10 @@ def retrain(
 ) -> None:
     """Retrain on the retrain window and run the promotion gate (Prefect flow)."""
     try:
-        _context()
+        target = _target()
         from flows.monitoring import retrain_flow
 
-        summary = retrain_flow(reason=reason, until=until)
+        summary = retrain_flow(reason=reason, until=until, **target)
     except DriftloopError as exc:
         _fail(exc)
         return
@@ -393,10 +409,12 @@ def replay(
 ) -> None:
     """Replay 2012-2015 as it arrived: the real loop, then a report comparing strategies."""
     try:
-        _context()
+        target = _target()
         from flows.replay import replay_flow
 
-        summary = replay_flow(steps=steps)
+        summary = replay_flow(
+            steps=steps, project=target["project"], params_file=target["params_file"]
+        )
     except DriftloopError as exc:
         _fail(exc)
         return
@@ -414,12 +432,12 @@ def replay(
 def schedule() -> None:
     """Run the deployments (monitor daily, retrain, training) in this process (Prefect serve)."""
     try:
-        _context()
+        target = _target()
         from deployments.serve import serve_all
     except DriftloopError as exc:
         _fail(exc)
         return
-    serve_all()
+    serve_all(target)
 
 
 @app.command()
