@@ -1,8 +1,11 @@
 """Monitoring: score the newest window with the champion and judge drift and performance.
 
-The reference is the champion's own training data, found through lineage (the training window
-recorded on the model version), never a copy kept by hand. The decision is `drift.decide_retrain`;
-`claim_retrain` makes sure that several monitors firing at once start one retrain.
+The current data is what the champion served, when the prediction service logged it for the
+window (online: the served inputs and probabilities, labelled by feedback), else the accepted
+data of the window scored with the champion. The reference is the champion's own training data,
+found through lineage (the training window recorded on the model version), never a copy kept by
+hand. The decision is `drift.decide_retrain`; `claim_retrain` makes sure that several monitors
+firing at once start one retrain.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,12 +30,15 @@ from driftloop.drift import (
     compute_drift,
     decide_retrain,
 )
-from driftloop.features import attach_labels, make_dataset, sort_rows
+from driftloop.features import attach_labels, label, make_dataset, sort_rows
 from driftloop.lineage import MonitorRun
 from driftloop.memo import Memo
 from driftloop.training import predict_proba, score
 
 PREDICTION = "proba"
+# Log variants whose answers are the champion's own: served online or scored from a file.
+SERVED_VARIANTS = ("champion", "batch")
+Source = Literal["prediction_log", "accepted_data"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,70 @@ def score_frame(
     return out
 
 
+def served_rows(params: Params, settings: Settings, champion: registry.ModelRef) -> pd.DataFrame:
+    """The champion version's own logged answers (variant champion or batch), all data times.
+
+    A data row served more than once (a retry, a file scored again) counts once: its last answer.
+    """
+    from driftloop.serving.predlog import read_prediction_log
+
+    log = read_prediction_log(params, settings)
+    ts = params.data.timestamp_column
+    if log.empty or ts not in log:
+        return log.iloc[0:0]
+    mine = log["variant"].isin(SERVED_VARIANTS) & (
+        log["model_version"].astype(str) == champion.version
+    )
+    data = params.data
+    key = [data.id_column] if data.id_column else [ts, *data.entity_columns]
+    return log[mine & log[ts].notna()].drop_duplicates(key, keep="last").reset_index(drop=True)
+
+
+def served_frame(
+    params: Params,
+    settings: Settings,
+    champion: registry.ModelRef,
+    served: pd.DataFrame,
+    window: tuple[pd.Timestamp, pd.Timestamp],
+) -> pd.DataFrame:
+    """The window's served rows as monitoring's current data: served inputs and probabilities
+    (never re-scored), and the true label where it has arrived (NaN: pending)."""
+    after, until = window
+    ts = params.data.timestamp_column
+    rows = served[(served[ts] > after) & (served[ts] <= until)]
+    out = sort_rows(rows, params.data).rename(columns={"label": "prediction"})
+    out[PREDICTION] = out.pop("probability").astype(float)
+    out["prediction"] = out["prediction"].astype(int)
+    out["label"] = served_labels(params, settings, champion, out.drop(columns="key")).to_numpy()
+    return out.drop(columns=["key"]).reset_index(drop=True)
+
+
+def served_labels(
+    params: Params, settings: Settings, champion: registry.ModelRef, served: pd.DataFrame
+) -> pd.Series:
+    """Binary labels of served rows (sorted): feedback by data id, then accepted label batches.
+
+    A forecast target's label is a later row: here, a later served row of the same entity.
+    """
+    own = stages.params_of(params, champion)
+    column, join = own.target.column, own.join_column
+    if column is None or join is None or join not in served:
+        return label(served, own.target, own.data)
+    from driftloop.serving.feedback import read_feedback
+
+    fed = read_feedback(params, settings)
+    accepted = datastore.load_labels(settings.path(params.data.labels_dir), params)
+    arrived = pd.concat(
+        [
+            pd.Series(fed["label"].to_numpy(), index=fed["key"].astype(str).to_numpy()),
+            pd.Series(accepted[column].to_numpy(), index=accepted[join].astype(str).to_numpy()),
+        ]
+    )
+    arrived = arrived[~arrived.index.duplicated(keep="first")]  # the first recorded label wins
+    known = served.assign(**{column: served[join].astype(str).map(arrived).to_numpy()})
+    return label(known, own.target, own.data)
+
+
 def performance(
     params: Params, client: Any, champion: registry.ModelRef, scored: pd.DataFrame
 ) -> PerformanceCheck:
@@ -235,11 +305,11 @@ def claim_retrain(
 
 
 def _not_evaluable(
-    as_of: dt.date, start: dt.date, champion: str | None, reason: str
+    as_of: dt.date, start: dt.date, champion: str | None, reason: str, source: Source | None = None
 ) -> MonitorResult:
-    return MonitorResult(
-        as_of.isoformat(), start.isoformat(), champion, RetrainDecision("cannot_evaluate", reason)
-    )
+    decision = RetrainDecision("cannot_evaluate", reason)
+    extra: dict[str, Any] = {"source": source} if source else {}
+    return MonitorResult(as_of.isoformat(), start.isoformat(), champion, decision, extra=extra)
 
 
 def _window_bounds(end: dt.date, days: int) -> tuple[dt.date, pd.Timestamp, pd.Timestamp]:
@@ -251,45 +321,72 @@ def _window_bounds(end: dt.date, days: int) -> tuple[dt.date, pd.Timestamp, pd.T
     return start, after, until
 
 
+def accepted_frame(
+    params: Params,
+    settings: Settings,
+    champion: registry.ModelRef,
+    model: Any,
+    window: tuple[pd.Timestamp, pd.Timestamp],
+    as_of: dt.date | None,
+) -> pd.DataFrame:
+    """The window's accepted rows scored with the champion (CannotEvaluate: fails validation)."""
+    from driftloop.validation import validate_batch
+
+    after, until = window
+    frame = window_frame(params, settings, after, until)
+    ts = params.data.timestamp_column
+    report = validate_batch(frame[frame[ts] > after].reset_index(drop=True), params)
+    if not report.success:
+        raise CannotEvaluate(f"window fails validation: {report.summary()}")
+    # Labels known at the decision time: the end of an explicit as_of (a replay, a backfill),
+    # else now, whatever day the newest data is from.
+    labels_as_of = until if as_of is not None else None
+    current = score_frame(params, settings, champion, model, frame, labels_as_of)
+    return current[current[ts] > after].reset_index(drop=True)
+
+
 def monitor(
     params: Params, settings: Settings, as_of: dt.date | None = None, *, log: bool = True
 ) -> MonitorResult:
-    """Score the newest window with the champion, measure drift and performance, decide."""
-    from driftloop.validation import validate_batch
+    """Judge the champion on the newest window, measure drift and performance, decide.
 
+    The current data is the champion's served traffic when the prediction log holds some for the
+    window (`source: prediction_log`), else the window's accepted data scored with the champion.
+    """
     client = registry.connect(settings)
     raw_dir = settings.path(params.data.raw_dir)
     last = datastore.last_accepted_date(raw_dir)
     if last is None:
         raise CannotEvaluate(f"{raw_dir}: no accepted data to monitor")
-    end = as_of or last
-    start, after, until = _window_bounds(end, params.monitor.window_days)
     champion = registry.get_alias(client, params.train.model_name, registry.CHAMPION)
     version = champion.version if champion else None
+    ts = params.data.timestamp_column
+    served = served_rows(params, settings, champion) if champion else pd.DataFrame()
+    newest = served[ts].max().date() if len(served) else last
+    end = as_of or max(last, newest)
+    start, after, until = _window_bounds(end, params.monitor.window_days)
 
     def finish(result: MonitorResult) -> MonitorResult:
         if log:
             log_monitoring(params, settings, result)
         return result
 
-    if end > last:
-        reason = f"no accepted data after {last}: the window ending {end} cannot be judged"
-        return finish(_not_evaluable(end, start, version, reason))
     if champion is None:
         return finish(_not_evaluable(end, start, None, "no champion model to monitor"))
-    frame = window_frame(params, settings, after, until)
-    ts = params.data.timestamp_column
-    in_window = frame[ts] > after
-    report = validate_batch(frame[in_window].reset_index(drop=True), params)
-    if not report.success:
-        reason = f"window fails validation: {report.summary()}"
-        return finish(_not_evaluable(end, start, version, reason))
     model = registry.load_model(champion)
-    # Labels known at the decision time: the end of an explicit as_of (a replay, a backfill),
-    # else now, whatever day the newest data is from.
-    labels_as_of = until if as_of is not None else None
-    current = score_frame(params, settings, champion, model, frame, labels_as_of)
-    current = current[current[ts] > after].reset_index(drop=True)
+    current = (
+        served_frame(params, settings, champion, served, (after, until)) if len(served) else None
+    )
+    source: Source = "prediction_log" if current is not None and len(current) else "accepted_data"
+    if source == "accepted_data":
+        if end > last:
+            reason = f"no accepted data after {last}: the window ending {end} cannot be judged"
+            return finish(_not_evaluable(end, start, version, reason, source))
+        try:
+            current = accepted_frame(params, settings, champion, model, (after, until), as_of)
+        except CannotEvaluate as exc:
+            return finish(_not_evaluable(end, start, version, str(exc), source))
+    assert current is not None
     reference, unseen = seasonal_reference(
         scored_reference(params, settings, champion, model), params, start, end
     )
@@ -335,7 +432,10 @@ def monitor(
         drift,
         perf,
         out_dir,
-        extra={"reference": {"mode": params.monitor.reference, "rows": len(reference)}},
+        extra={
+            "source": source,
+            "reference": {"mode": params.monitor.reference, "rows": len(reference)},
+        },
     )
     jsonio.write_json(out_dir / "decision.json", result.to_dict())
     return finish(result)

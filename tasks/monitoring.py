@@ -22,6 +22,8 @@ def _markdown(result: MonitorResult) -> str:
         "",
         result.decision.reason,
         "",
+        f"Current data: {result.extra.get('source', '-')}",
+        "",
     ]
     if result.drift is not None:
         lines += [
