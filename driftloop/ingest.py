@@ -24,7 +24,13 @@ from driftloop import datastore, jsonio, versioning
 from driftloop.config import Params, Settings
 from driftloop.datastore import LABEL_TIME, label_columns
 from driftloop.errors import IngestError, ValidationFailed
-from driftloop.sources import RawBatch, as_date, read_label_source, read_source
+from driftloop.sources import (
+    BUNDLED_LABELS,
+    RawBatch,
+    as_date,
+    read_label_source,
+    read_source,
+)
 from driftloop.validation import History, ValidationReport
 
 DATA_LOCK = "data"
@@ -198,6 +204,20 @@ def validation_for(params: Params, settings: Settings, data_md5: str) -> dict[st
 
 
 # -- label batches ----------------------------------------------------------------------------
+
+
+def label_source_for(params: Params, source: str | None, labels: str | None) -> str | None:
+    """Where a run's label batch comes from: a given file, or a bundled source's own labels.
+
+    None when there is nothing to ingest: a forecast target derives its labels, and a data file
+    that carries the label column has its labels in its rows already.
+    """
+    if params.target.column is None:
+        return None
+    if labels is not None:
+        return labels
+    chosen = source or params.data.source
+    return chosen if chosen in BUNDLED_LABELS else None
 
 
 def read_next_labels(

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from driftloop import stages
+from driftloop import ingest, stages
 from driftloop.config import Params, Settings, load_context
 from tasks import training as t
 
@@ -37,8 +37,8 @@ def training_flow(
     """Ingest the next batch (and labels), validate, then train and promote on accepted data."""
     params, settings = context(project, params_file, home, tracking_uri)
     batch = t.ingest(params, settings, source, until or params.data.until)
-    if params.target.column is not None:
-        t.ingest_labels(params, settings, labels or source, until or params.data.until)
+    if label_source := ingest.label_source_for(params, source, labels):
+        t.ingest_labels(params, settings, label_source, until or params.data.until)
     validation = t.validate(params, settings)
     if not force and (version := stages.already_trained(params, settings, batch.data_md5)):
         return {

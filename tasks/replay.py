@@ -38,8 +38,8 @@ def ingest_step(params: Params, ws: Settings, source: str, until: str) -> ingest
     result = ingest.ingest(
         params, ws, ingest.read_next_batch(params, ws, source, until), version=False
     )
-    if params.target.column is not None:
-        labels = ingest.read_next_labels(params, ws, source, until)
+    if label_source := ingest.label_source_for(params, source, None):
+        labels = ingest.read_next_labels(params, ws, label_source, until)
         ingest.ingest_labels(params, ws, labels, version=False)
     return result
 

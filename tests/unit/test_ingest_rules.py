@@ -465,3 +465,16 @@ def test_without_a_time_column_labels_are_timed_by_ingest(events: Params) -> Non
 
 def accepted_labels_empty() -> pd.DataFrame:
     return pd.DataFrame({"event_id": [], "returned": [], "label_time": []})
+
+
+def test_a_run_ingests_labels_from_a_given_file_or_a_bundled_source_only() -> None:
+    from driftloop.config import load_params
+    from driftloop.ingest import label_source_for
+    from tests.helpers import REPO_ROOT
+
+    flights = load_params(REPO_ROOT / "examples" / "flights" / "params.yaml")
+    seattle = load_params(REPO_ROOT / "params.yaml")
+    assert label_source_for(flights, None, None) == "flights"  # the bundled source's labels
+    assert label_source_for(flights, None, "labels.csv") == "labels.csv"
+    assert label_source_for(flights, "batch.parquet", None) is None  # labels ride in its rows
+    assert label_source_for(seattle, None, None) is None  # a forecast derives its labels
