@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from driftloop import datastore, versioning
-from driftloop.config import Params, load_params
+from driftloop.config import Params, load_params, parse_params
 from driftloop.errors import ValidationFailed
 from driftloop.ingest import IngestResult, ingest, read_next_batch
 from driftloop.sources import load_seattle
@@ -192,7 +192,9 @@ EVENTS = {
 def events(project: Project) -> Params:
     """The project's params.yaml is an order table whose labels arrive later."""
     path = project.root / "params.yaml"
-    path.write_text(yaml.safe_dump(EVENTS, sort_keys=False))
+    # Written in full (defaults included): dvc.yaml templates keys such as reports.validation.
+    full = parse_params(EVENTS).model_dump(mode="json")
+    path.write_text(yaml.safe_dump(full, sort_keys=False))
     project.params = load_params(path)
     return project.params
 
