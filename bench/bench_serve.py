@@ -373,6 +373,15 @@ def report(results: dict[str, dict[int, Figures]], load: Load, rounds: int) -> b
         shown = f"{value:.2f}x" if "throughput" in what else f"{value:+.1%}"
         print(f"{what:40} {shown:>8}  target {target:9} {'PASS' if met else 'MISS'}")
         ok &= met
+    print()
+    for size in SIZES:  # no target: what saturation costs (the off-path work competes for CPU)
+        service = results["service"][size].rps
+        for kind, cost in (
+            ("shadow", 1 - results["shadow"][size].rps / service),
+            ("logging", 1 - service / results["no-log"][size].rps),
+        ):
+            what = f"{kind} throughput cost, {size}-row"
+            print(f"{what:40} {cost:>+8.1%}  (no target)")
     return ok
 
 

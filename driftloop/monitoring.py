@@ -183,6 +183,8 @@ def served_rows(params: Params, settings: Settings, champion: registry.ModelRef)
     """The champion version's own logged answers (variant champion or batch), all data times.
 
     A data row served more than once (a retry, a file scored again) counts once: its last answer.
+    A row is known by its id, or, at a fixed frequency, by its time and entity; event rows
+    without an id cannot be told from a repeat and are all kept.
     """
     from driftloop.serving.predlog import read_prediction_log
 
@@ -193,9 +195,11 @@ def served_rows(params: Params, settings: Settings, champion: registry.ModelRef)
     mine = log["variant"].isin(SERVED_VARIANTS) & (
         log["model_version"].astype(str) == champion.version
     )
-    data = params.data
+    data, served = params.data, log[mine & log[ts].notna()]
     key = [data.id_column] if data.id_column else [ts, *data.entity_columns]
-    return log[mine & log[ts].notna()].drop_duplicates(key, keep="last").reset_index(drop=True)
+    if data.id_column in served or (data.id_column is None and data.frequency):
+        served = served.drop_duplicates(key, keep="last")
+    return served.reset_index(drop=True)
 
 
 def served_frame(

@@ -113,15 +113,12 @@ def test_the_monitor_flow_retrains_from_served_traffic(
 
 
 @pytest.fixture
-def loan_context(
-    project: Project, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Params, Settings, pd.DataFrame]]:
+def loan_context(project: Project) -> Iterator[tuple[Params, Settings, pd.DataFrame]]:
     root = project.root
     table = loans(1200, "2014-01-01", seed=5)
     table.drop(columns="defaulted").iloc[:1000].to_csv(root / "applications.csv", index=False)
     table.iloc[:1000][["loan_id", "defaulted"]].to_csv(root / "labels-1.csv", index=False)
     params_file = loan_params(project)
-    monkeypatch.setenv("DRIFTLOOP_PARAMS", str(params_file))  # `--params` sets it: undone after
     p = ["--params", str(params_file)]
     assert cli(*p, "ingest", str(root / "applications.csv")).exit_code == 0
     assert cli(*p, "ingest", "--labels", str(root / "labels-1.csv")).exit_code == 0
