@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,27 @@ class ApiError(Exception):
         self.status, self.detail, self.errors = status, detail, errors or []
 
 
+class InFlight:
+    """How many predictions are being answered now (shadow work waits until it is none)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> InFlight:
+        with self._lock:
+            self._count += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._count -= 1
+
+    @property
+    def idle(self) -> bool:
+        return self._count == 0
+
+
 @dataclass
 class Service:
     """Everything one app owns (no module-level state)."""
@@ -57,6 +78,7 @@ class Service:
     shadow: queue.Queue[ShadowWork]
     served: dict[str, str | None]  # prediction_id -> its data id (for feedback)
     key: str | None
+    busy: InFlight = field(default_factory=lambda: InFlight())
 
     @property
     def model_name(self) -> str:
@@ -144,6 +166,11 @@ def _variants(service: Service, keys: list[str]) -> list[Any]:
 
 
 def _predict(service: Service, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    with service.busy:
+        return _predict_rows(service, rows)
+
+
+def _predict_rows(service: Service, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     current = service.holder.current
     if current.champion is None:
         raise ApiError(503, "no champion model is loaded yet (no `champion` alias in the registry)")
@@ -270,6 +297,10 @@ def _shadow_worker(service: Service, stop: threading.Event) -> None:
             model, frame, rows, ids, keys = service.shadow.get(timeout=0.2)
         except queue.Empty:
             continue
+        # Score between requests, never during one: the champion's answers do not wait for the
+        # challenger (under sustained load the queue fills and shadow work is dropped, counted).
+        while not service.busy.idle and not stop.is_set():
+            time.sleep(0.0005)
         start = time.perf_counter()
         try:
             proba = score(model, frame, None)  # lag-free features (see the README: serving)
