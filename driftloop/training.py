@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftloop.config import FeatureParams, Metric, TrainParams
+from driftloop.config import FeatureParams, TrainParams
 from driftloop.errors import TrainingError
 from driftloop.features import Dataset, time_folds
 
@@ -197,8 +197,3 @@ def fit_candidate(
     cv_metrics = cross_validate(train, fit_data, categorical) if cv else {}
     estimator = make_estimator(train, list(fit_data.X.columns), categorical)
     return estimator.fit(fit_data.X, fit_data.y), cv_metrics
-
-
-def metric_value(evaluation: Evaluation, metric: Metric) -> float:
-    """One metric of an evaluation (NaN if absent)."""
-    return float(evaluation.metrics.get(metric, math.nan))
