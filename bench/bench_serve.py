@@ -318,6 +318,7 @@ def median_figures(runs: list[Figures]) -> Figures:
 
 def serve_without_log(port: int) -> None:
     """`driftloop serve` with a no-op prediction log (a benchmark stand-in, not an option)."""
+    from driftloop.config import load_context
     from driftloop.serving import app, predlog, run_service
 
     class NullLog(predlog.PredictionLog):
@@ -332,7 +333,8 @@ def serve_without_log(port: int) -> None:
         return service
 
     app.build_service = build_without_log
-    run_service("127.0.0.1", port)
+    params, settings = load_context()
+    run_service(params, settings, "127.0.0.1", port)
 
 
 # -- report --------------------------------------------------------------------------------------

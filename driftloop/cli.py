@@ -456,8 +456,8 @@ def serve(
     from driftloop.serving import run_service
 
     try:
-        params, _ = _context()
-        run_service(host or params.serve.host, port or params.serve.port)
+        params, settings = _context()
+        run_service(params, settings, host or params.serve.host, port or params.serve.port)
     except DriftloopError as exc:
         _fail(exc)
 

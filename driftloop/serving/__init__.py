@@ -7,18 +7,21 @@ model's feature step, the prediction and feedback logs, Prometheus metrics and t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def run_service(host: str, port: int) -> None:
+if TYPE_CHECKING:
+    from driftloop.config import Params, Settings
+
+
+def run_service(params: Params, settings: Settings, host: str, port: int) -> None:
     """Start the service with uvicorn (blocks until Ctrl-C or SIGTERM; the log rolls on exit)."""
     import uvicorn
 
-    from driftloop.config import load_context
     from driftloop.serving.app import create_app
     from driftloop.serving.models import limit_threads
     from driftloop.serving.security import check_bind
 
     check_bind(host)
     limit_threads()
-    params, settings = load_context()
     app = create_app(params, settings)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
