@@ -764,7 +764,12 @@ def stop_experiment(settings: Settings, model_name: str, reason: str) -> Experim
 
 
 def record_guardrail(
-    settings: Settings, model_name: str, variant: str, ok: bool, latency_ms: float
+    settings: Settings,
+    model_name: str,
+    variant: str,
+    ok: bool,
+    latency_ms: float,
+    now: dt.datetime | None = None,
 ) -> str | None:
     """Count one request; when the challenger breaches a guardrail, end the experiment at once.
 
@@ -777,7 +782,7 @@ def record_guardrail(
     reason = GUARDRAILS.record(state, ok, latency_ms)
     if reason is None:
         return None
-    end_experiment(settings, model_name, "guardrail", reason, experiment_id=state.id)
+    end_experiment(settings, model_name, "guardrail", reason, now, experiment_id=state.id)
     return reason
 
 

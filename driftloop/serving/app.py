@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,8 @@ class Service:
     served: dict[str, str | None]  # prediction_id -> its data id (for feedback)
     key: str | None
     busy: InFlight = field(default_factory=lambda: InFlight())
+    # What time a prediction or label is stamped with (naive UTC): the wall clock, or a replay's.
+    clock: Callable[[], dt.datetime] = predlog.utc_now
 
     @property
     def model_name(self) -> str:
@@ -161,7 +163,7 @@ def _variants(service: Service, keys: list[str]) -> list[Any]:
     module = _experiments()
     if current.experiment is None or module is None or current.challenger is None:
         return [None] * len(keys)
-    now = dt.datetime.now(dt.UTC)
+    now = service.clock()
     return [module.assign(current.experiment, key, now) for key in keys]
 
 
@@ -234,7 +236,9 @@ def _guardrail(service: Service, ok: bool, latency_ms: float, variant: str = CHA
     if module is None:
         return
     name = service.model_name
-    reason = module.record_guardrail(service.settings, name, variant, ok, latency_ms)
+    reason = module.record_guardrail(
+        service.settings, name, variant, ok, latency_ms, service.clock()
+    )
     if reason:
         log.warning("experiment ended by a guardrail: %s", reason)
         service.holder.end_experiment()
@@ -249,7 +253,7 @@ def _answer(
 ) -> None:
     labels = (proba >= service.params.evaluation.threshold).astype(int)
     version, variant, ids = answered.model.version, answered.variant, answered.ids
-    now = predlog.utc_now()
+    now = service.clock()
     logged = predlog.records(ids, now, version, variant, proba, labels, rows, answered.keys)
     service.log.append(logged)
     join = service.params.join_column
@@ -313,7 +317,7 @@ def _shadow_worker(service: Service, stop: threading.Event) -> None:
         _guardrail(service, ok, elapsed * 1000, SHADOW)
         if ok:
             labels = (proba >= threshold).astype(int)
-            now = predlog.utc_now()
+            now = service.clock()
             logged = predlog.records(ids, now, model.version, SHADOW, proba, labels, rows, keys)
             service.log.append(logged)
 
@@ -357,7 +361,7 @@ def _feedback(service: Service, items: list[Any]) -> list[dict[str, Any]]:
             checked.append((str(item["id"]), item["label"], None))
     return [
         {"key": o.key, "recorded": o.recorded, **({"reason": o.reason} if o.reason else {})}
-        for o in (service.feedback.record(k, lab, pid) for k, lab, pid in checked)
+        for o in (service.feedback.record(k, lab, pid, service.clock()) for k, lab, pid in checked)
     ]
 
 
@@ -383,8 +387,10 @@ def _served_ids(params: Params, settings: Settings) -> dict[str, str | None]:
     }
 
 
-def build_service(params: Params, settings: Settings) -> Service:
-    """The service's parts (nothing started)."""
+def build_service(
+    params: Params, settings: Settings, clock: Callable[[], dt.datetime] | None = None
+) -> Service:
+    """The service's parts (nothing started); `clock` stamps predictions and labels."""
     history = _history(params, settings)
     return Service(
         params,
@@ -397,12 +403,19 @@ def build_service(params: Params, settings: Settings) -> Service:
         queue.Queue(maxsize=params.serve.shadow_queue),
         _served_ids(params, settings),
         api_key(),
+        clock=clock or predlog.utc_now,
     )
 
 
-def create_app(params: Params, settings: Settings) -> FastAPI:
-    """The prediction service for the model of `params` (see the module docs)."""
-    service = build_service(params, settings)
+def create_app(
+    params: Params, settings: Settings, clock: Callable[[], dt.datetime] | None = None
+) -> FastAPI:
+    """The prediction service for the model of `params` (see the module docs).
+
+    `clock` (naive UTC) stamps predictions, labels and experiment assignment: the wall clock,
+    or a replay's event time when history is served again.
+    """
+    service = build_service(params, settings, clock)
     stop = threading.Event()
 
     @contextlib.asynccontextmanager

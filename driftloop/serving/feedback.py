@@ -66,8 +66,12 @@ class FeedbackLog:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         self._path = folder / f"feedback-{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
 
-    def record(self, key: str, label: Any, prediction_id: str | None) -> Outcome:
-        """Record a label for a data id unless one is already recorded."""
+    def record(
+        self, key: str, label: Any, prediction_id: str | None, at: dt.datetime | None = None
+    ) -> Outcome:
+        """Record a label for a data id unless one is already recorded (received `at`, naive
+        UTC: now by default)."""
+        received = at or dt.datetime.now(dt.UTC).replace(tzinfo=None)
         with self._lock:
             if key in self._seen:
                 return Outcome(key, False, "already recorded")
@@ -75,7 +79,7 @@ class FeedbackLog:
                 "key": key,
                 "label": label,
                 "prediction_id": prediction_id,
-                "received_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(),
+                "received_at": received.isoformat(),
             }
             self.folder.mkdir(parents=True, exist_ok=True)
             with self._path.open("a", encoding="utf-8") as fh:

@@ -421,7 +421,7 @@ def _standin(kind: str, trip_after: int | None = None, slow: float = 0.0) -> typ
         return _Assignment("challenger" if hash(key) % 2 else "champion")
 
     def record_guardrail(
-        settings: Settings, name: str, variant: str, ok: bool, ms: float
+        settings: Settings, name: str, variant: str, ok: bool, ms: float, now: Any = None
     ) -> str | None:
         calls.append(variant)
         time.sleep(slow)  # called by the shadow worker after each item: a slow challenger
