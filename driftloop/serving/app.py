@@ -361,7 +361,7 @@ def _feedback(service: Service, items: list[Any]) -> list[dict[str, Any]]:
             checked.append((str(item["id"]), item["label"], None))
     return [
         {"key": o.key, "recorded": o.recorded, **({"reason": o.reason} if o.reason else {})}
-        for o in (service.feedback.record(k, lab, pid, service.clock()) for k, lab, pid in checked)
+        for o in service.feedback.record_many(checked, service.clock())
     ]
 
 

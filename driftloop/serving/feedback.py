@@ -69,25 +69,35 @@ class FeedbackLog:
     def record(
         self, key: str, label: Any, prediction_id: str | None, at: dt.datetime | None = None
     ) -> Outcome:
-        """Record a label for a data id unless one is already recorded (received `at`, naive
-        UTC: now by default)."""
-        received = at or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        """Record a label for a data id unless one is already recorded."""
+        return self.record_many([(key, label, prediction_id)], at)[0]
+
+    def record_many(
+        self, items: list[tuple[str, Any, str | None]], at: dt.datetime | None = None
+    ) -> list[Outcome]:
+        """Record (key, label, prediction_id) items, each data id once, with one fsync for all
+        (received `at`, naive UTC: now by default). A key repeated within `items` counts once."""
+        received = (at or dt.datetime.now(dt.UTC).replace(tzinfo=None)).isoformat()
+        out: list[Outcome] = []
+        lines: list[str] = []
         with self._lock:
-            if key in self._seen:
-                return Outcome(key, False, "already recorded")
-            entry = {
-                "key": key,
-                "label": label,
-                "prediction_id": prediction_id,
-                "received_at": received.isoformat(),
-            }
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with self._path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            self._seen.add(key)
-        return Outcome(key, True)
+            fresh: set[str] = set()
+            for key, label, pid in items:
+                if key in self._seen or key in fresh:
+                    out.append(Outcome(key, False, "already recorded"))
+                    continue
+                fresh.add(key)
+                entry = {"key": key, "label": label, "prediction_id": pid, "received_at": received}
+                lines.append(json.dumps(entry))
+                out.append(Outcome(key, True))
+            if lines:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                with self._path.open("a", encoding="utf-8") as fh:
+                    fh.write("\n".join(lines) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                self._seen |= fresh
+        return out
 
 
 def read_feedback_records(folder: Path) -> list[dict[str, Any]]:
