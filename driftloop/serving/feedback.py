@@ -77,7 +77,8 @@ class FeedbackLog:
     ) -> list[Outcome]:
         """Record (key, label, prediction_id) items, each data id once, with one fsync for all
         (received `at`, naive UTC: now by default). A key repeated within `items` counts once."""
-        received = (at or dt.datetime.now(dt.UTC).replace(tzinfo=None)).isoformat()
+        when = at or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        received = when.isoformat(timespec="microseconds")  # one format, whatever the clock
         out: list[Outcome] = []
         lines: list[str] = []
         with self._lock:
@@ -115,7 +116,7 @@ def read_feedback(params: Params, settings: Settings) -> pd.DataFrame:
     """Every label sent back: key (the data id), label, prediction_id, received_at."""
     rows = read_feedback_records(settings.path(params.serve.feedback_dir))
     frame = pd.DataFrame(rows, columns=["key", "label", "prediction_id", "received_at"])
-    frame["received_at"] = pd.to_datetime(frame["received_at"])
+    frame["received_at"] = pd.to_datetime(frame["received_at"], format="ISO8601")
     return frame
 
 

@@ -58,7 +58,7 @@ def records(
     keys: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Log records of one scored request (`keys`: the experiment's sticky key of each row)."""
-    time = at.isoformat()
+    time = at.isoformat(timespec="microseconds")  # one format, whatever the clock
     return [
         {
             "prediction_id": pid,
@@ -241,7 +241,7 @@ def _flatten(raw: list[dict[str, Any]]) -> pd.DataFrame:
     inputs = pd.DataFrame([r.get("inputs") or {} for r in raw])
     inputs = inputs.drop(columns=[c for c in inputs.columns if c in META])
     frame = pd.concat([meta, inputs], axis=1)
-    frame["time"] = pd.to_datetime(frame["time"]).astype("datetime64[ns]")
+    frame["time"] = pd.to_datetime(frame["time"], format="ISO8601").astype("datetime64[ns]")
     return frame
 
 
