@@ -327,8 +327,8 @@ def serve_without_log(port: int) -> None:
 
     build = app.build_service
 
-    def build_without_log(params: Any, settings: Any) -> Any:
-        service = build(params, settings)
+    def build_without_log(*args: Any, **kwargs: Any) -> Any:
+        service = build(*args, **kwargs)
         service.log.__class__ = NullLog
         return service
 
