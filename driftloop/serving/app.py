@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
-import queue
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,11 +23,21 @@ from starlette.concurrency import run_in_threadpool
 from driftloop import datastore
 from driftloop.config import Params, Settings
 from driftloop.serving import predlog
+from driftloop.serving.coalesce import Coalescer
 from driftloop.serving.feedback import FeedbackLog, label_problem
 from driftloop.serving.metrics import ServiceMetrics
-from driftloop.serving.models import History, Loaded, ModelHolder, _experiments, score
+from driftloop.serving.models import (
+    Current,
+    History,
+    Loaded,
+    ModelHolder,
+    _experiments,
+    features_for,
+    predict,
+)
 from driftloop.serving.schema import needs_history, row_model
 from driftloop.serving.security import API_KEY_HEADER, api_key, key_matches
+from driftloop.serving.shadow import ShadowResult, ShadowScorer, ShadowWork
 
 log = logging.getLogger("driftloop.serving")
 
@@ -43,27 +52,6 @@ class ApiError(Exception):
         self.status, self.detail, self.errors = status, detail, errors or []
 
 
-class InFlight:
-    """How many predictions are being answered now (shadow work waits until it is none)."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> InFlight:
-        with self._lock:
-            self._count += 1
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._count -= 1
-
-    @property
-    def idle(self) -> bool:
-        return self._count == 0
-
-
 @dataclass
 class Service:
     """Everything one app owns (no module-level state)."""
@@ -75,12 +63,13 @@ class Service:
     feedback: FeedbackLog
     metrics: ServiceMetrics
     history: History | None
-    shadow: queue.Queue[ShadowWork]
     served: dict[str, str | None]  # prediction_id -> its data id (for feedback)
     key: str | None
-    busy: InFlight = field(default_factory=lambda: InFlight())
     # What time a prediction or label is stamped with (naive UTC): the wall clock, or a replay's.
     clock: Callable[[], dt.datetime] = predlog.utc_now
+    # Set by build_service (they call back into the service):
+    scorer: Coalescer[Rows, Answers] = field(init=False)  # concurrent requests, scored together
+    shadow: ShadowScorer = field(init=False)  # the challenger's shadow work, in its own process
 
     @property
     def model_name(self) -> str:
@@ -147,6 +136,9 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 # -- scoring -------------------------------------------------------------------------------------
 
+Rows = list[dict[str, Any]]  # one request's validated rows
+Answers = list[dict[str, Any]]  # one request's answers, in the order of its rows
+
 
 def _keys(service: Service, rows: list[dict[str, Any]], ids: list[str]) -> list[str]:
     """Each row's sticky key: experiment.sticky_key, else the id column, else the prediction id."""
@@ -157,9 +149,8 @@ def _keys(service: Service, rows: list[dict[str, Any]], ids: list[str]) -> list[
     ]
 
 
-def _variants(service: Service, keys: list[str]) -> list[Any]:
+def _variants(service: Service, current: Current, keys: list[str]) -> list[Any]:
     """Each row's assignment (variant, shadow), or None without an experiment."""
-    current = service.holder.current
     module = _experiments()
     if current.experiment is None or module is None or current.challenger is None:
         return [None] * len(keys)
@@ -167,67 +158,126 @@ def _variants(service: Service, keys: list[str]) -> list[Any]:
     return [module.assign(current.experiment, key, now) for key in keys]
 
 
-def _predict(service: Service, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    with service.busy:
-        return _predict_rows(service, rows)
+@dataclass
+class Batch:
+    """The requests of one coalesced batch: their rows flattened, and what each gets back."""
 
-
-def _predict_rows(service: Service, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    current = service.holder.current
-    if current.champion is None:
-        raise ApiError(503, "no champion model is loaded yet (no `champion` alias in the registry)")
-    ids = [uuid.uuid4().hex for _ in rows]
-    keys = _keys(service, rows, ids)
-    assigned = _variants(service, keys)
-    frame = pd.DataFrame(rows)
-    groups: dict[str, list[int]] = {}
-    for i, a in enumerate(assigned):
-        variant = a.variant if a is not None and not a.shadow else CHAMPION
-        groups.setdefault(variant, []).append(i)
-    out: list[dict[str, Any]] = [{} for _ in rows]
-    for variant, idx in groups.items():
-        part = frame.iloc[idx].reset_index(drop=True)
-        model = current.challenger if variant == CHALLENGER else current.champion
-        assert model is not None
-        try:
-            proba = _score_timed(service, model, variant, part)
-        except Exception:
-            if variant != CHALLENGER:
-                raise
-            log.exception("challenger failed; the champion answers")  # the guardrail counted it
-            variant, model = CHAMPION, current.champion
-            proba = _score_timed(service, model, variant, part)
-        answered = Answered(model, variant, [ids[i] for i in idx], [keys[i] for i in idx], idx)
-        _answer(service, answered, proba, [rows[i] for i in idx], out)
-    shadow = [i for i, a in enumerate(assigned) if a is not None and a.shadow]
-    if shadow and current.challenger is not None:
-        _enqueue_shadow(service, current.challenger, frame, rows, ids, keys, shadow)
-    return out
-
-
-@dataclass(frozen=True)
-class Answered:
-    """Which model answered which rows of a request."""
-
-    model: Loaded
-    variant: str
+    rows: list[dict[str, Any]]
+    owner: list[int]  # the request of each row
+    place: list[int]  # its position in that request
     ids: list[str]
     keys: list[str]
-    idx: list[int]
+    assigned: list[Any]
+    answers: list[list[dict[str, Any]]]
+    failed: dict[int, Exception] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, service: Service, current: Current, requests: list[Rows]) -> Batch:
+        rows = [row for rows in requests for row in rows]
+        owner = [r for r, rows in enumerate(requests) for _ in rows]
+        place = [j for rows in requests for j in range(len(rows))]
+        ids = [uuid.uuid4().hex for _ in rows]
+        keys = _keys(service, rows, ids)
+        answers: list[list[dict[str, Any]]] = [[{} for _ in rows] for rows in requests]
+        return cls(rows, owner, place, ids, keys, _variants(service, current, keys), answers)
+
+    def parts(self, idx: list[int]) -> list[list[int]]:
+        """Row indices grouped per request, requests in arrival order."""
+        out: dict[int, list[int]] = {}
+        for i in idx:
+            out.setdefault(self.owner[i], []).append(i)
+        return list(out.values())
+
+    def result(self) -> list[Answers | Exception]:
+        return [self.failed.get(r, answers) for r, answers in enumerate(self.answers)]
 
 
-def _score_timed(service: Service, model: Loaded, variant: str, frame: pd.DataFrame) -> np.ndarray:
+def predict_batch(service: Service, requests: list[Rows]) -> list[Answers | Exception]:
+    """Answer the requests of one batch: one model snapshot, one scoring call per variant.
+
+    Every row keeps its own prediction id, assignment, log record and answer; metrics and the
+    guardrail count each request; a request whose rows fail gets its own error.
+    """
+    current = service.holder.current  # one snapshot: a hot swap gives the old pair or the new
+    if current.champion is None:
+        error = ApiError(
+            503, "no champion model is loaded yet (no `champion` alias in the registry)"
+        )
+        return [error] * len(requests)
+    batch = Batch.of(service, current, requests)
+    groups: dict[str, list[int]] = {}
+    for i, a in enumerate(batch.assigned):
+        variant = a.variant if a is not None and not a.shadow else CHAMPION
+        groups.setdefault(variant, []).append(i)
+    for variant, idx in groups.items():
+        _score_group(service, current, batch, variant, batch.parts(idx))
+    shadow = [i for i, a in enumerate(batch.assigned) if a is not None and a.shadow]
+    if shadow and current.challenger is not None:
+        for part in batch.parts(shadow):
+            if batch.owner[part[0]] not in batch.failed:
+                work = ShadowWork(
+                    current.challenger,
+                    [batch.rows[i] for i in part],
+                    [batch.ids[i] for i in part],
+                    [batch.keys[i] for i in part],
+                )
+                service.shadow.submit(work)
+    return batch.result()
+
+
+def _score_group(
+    service: Service, current: Current, batch: Batch, variant: str, parts: list[list[int]]
+) -> None:
+    """Score one variant's rows in one call; on failure the challenger's rows go to the
+    champion, and the champion's are retried request by request (only the culprit fails)."""
+    model = current.challenger if variant == CHALLENGER else current.champion
+    assert model is not None
+    try:
+        proba = _score_timed(service, model, variant, batch, parts)
+    except Exception as exc:
+        if variant == CHALLENGER:
+            log.exception("challenger failed; the champion answers")  # the guardrail counted it
+            _score_group(service, current, batch, CHAMPION, parts)
+        elif len(parts) > 1:
+            for part in parts:
+                _score_group(service, current, batch, variant, [part])
+        else:
+            log.exception("scoring failed")
+            batch.failed[batch.owner[parts[0][0]]] = exc
+        return
+    _answer(service, batch, model, variant, [i for part in parts for i in part], proba)
+
+
+def _score_timed(
+    service: Service, model: Loaded, variant: str, batch: Batch, parts: list[list[int]]
+) -> np.ndarray:
+    """Probabilities for the rows of `parts`; each request is counted in metrics (guardrail)."""
     start = time.perf_counter()
     ok = False
     try:
-        proba = score(model, frame, service.history)
+        proba = predict(model, _features(service, model, batch, parts))
         ok = True
         return proba
     finally:
         elapsed = time.perf_counter() - start
-        service.metrics.observe(variant, model.version, elapsed, ok)
-        if variant == CHALLENGER:
-            _guardrail(service, ok, elapsed * 1000)
+        for _ in parts:  # per request: what its own call would have counted
+            service.metrics.observe(variant, model.version, elapsed, ok)
+            if variant == CHALLENGER:
+                _guardrail(service, ok, elapsed * 1000)
+
+
+def _features(service: Service, model: Loaded, batch: Batch, parts: list[list[int]]) -> Any:
+    """The model's input rows; with history features, request after request in arrival order
+    (each sees the rows served before it, as when they come one by one)."""
+    history = service.history
+    if history is not None and needs_history(model.params):
+        frames = [features_for(model, _frame(batch, part), history) for part in parts]
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return features_for(model, _frame(batch, [i for part in parts for i in part]), None)
+
+
+def _frame(batch: Batch, idx: list[int]) -> pd.DataFrame:
+    return pd.DataFrame([batch.rows[i] for i in idx])
 
 
 def _guardrail(service: Service, ok: bool, latency_ms: float, variant: str = CHALLENGER) -> None:
@@ -245,24 +295,22 @@ def _guardrail(service: Service, ok: bool, latency_ms: float, variant: str = CHA
 
 
 def _answer(
-    service: Service,
-    answered: Answered,
-    proba: np.ndarray,
-    rows: list[dict[str, Any]],
-    out: list[dict[str, Any]],
+    service: Service, batch: Batch, model: Loaded, variant: str, idx: list[int], proba: np.ndarray
 ) -> None:
     labels = (proba >= service.params.evaluation.threshold).astype(int)
-    version, variant, ids = answered.model.version, answered.variant, answered.ids
-    now = service.clock()
-    logged = predlog.records(ids, now, version, variant, proba, labels, rows, answered.keys)
+    version = model.version
+    ids = [batch.ids[i] for i in idx]
+    rows = [batch.rows[i] for i in idx]
+    keys = [batch.keys[i] for i in idx]
+    logged = predlog.records(ids, service.clock(), version, variant, proba, labels, rows, keys)
     service.log.append(logged)
     join = service.params.join_column
-    for j, i in enumerate(answered.idx):
-        service.served[ids[j]] = _key(rows[j].get(join)) if join else None
-        out[i] = {
-            "prediction_id": ids[j],
-            "probability": float(proba[j]),
-            "label": int(labels[j]),
+    for i, pid, row, p, label in zip(idx, ids, rows, proba.tolist(), labels.tolist(), strict=True):
+        service.served[pid] = _key(row.get(join)) if join else None
+        batch.answers[batch.owner[i]][batch.place[i]] = {
+            "prediction_id": pid,
+            "probability": p,
+            "label": label,
             "model_version": version,
             "variant": variant,
         }
@@ -272,54 +320,27 @@ def _key(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-ShadowWork = tuple[Loaded, pd.DataFrame, list[dict[str, Any]], list[str], list[str]]
+def _shadow_done(service: Service, result: ShadowResult) -> None:
+    """A challenger's shadow answers: logged with variant "shadow" under the champion's ids."""
+    work, proba = result.work, result.proba
+    ok = proba is not None
+    if proba is None:
+        log.error("shadow scoring failed: %s", result.error)
+    service.metrics.observe(SHADOW, work.model.version, result.seconds, ok)
+    _guardrail(service, ok, result.seconds * 1000, SHADOW)
+    if proba is not None:
+        labels = (proba >= service.params.evaluation.threshold).astype(int)
+        version = work.model.version
+        logged = predlog.records(
+            work.ids, service.clock(), version, SHADOW, proba, labels, work.rows, work.keys
+        )
+        service.log.append(logged)
 
 
-def _enqueue_shadow(
-    service: Service,
-    challenger: Loaded,
-    frame: pd.DataFrame,
-    rows: list[dict[str, Any]],
-    ids: list[str],
-    keys: list[str],
-    idx: list[int],
-) -> None:
-    """Hand rows to the shadow worker; drop them (counted) when its queue is full."""
-    part = frame.iloc[idx].reset_index(drop=True)
-    item = (challenger, part, [rows[i] for i in idx], [ids[i] for i in idx], [keys[i] for i in idx])
-    try:
-        service.shadow.put_nowait(item)
-    except queue.Full:
-        service.metrics.shadow_dropped.inc(len(idx))
-
-
-def _shadow_worker(service: Service, stop: threading.Event) -> None:
-    """Score shadow work off the response path; logged with variant "shadow" (same ids)."""
-    threshold = service.params.evaluation.threshold
-    while not stop.is_set():
-        try:
-            model, frame, rows, ids, keys = service.shadow.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        # Score between requests, never during one: the champion's answers do not wait for the
-        # challenger (under sustained load the queue fills and shadow work is dropped, counted).
-        while not service.busy.idle and not stop.is_set():
-            time.sleep(0.0005)
-        start = time.perf_counter()
-        try:
-            proba = score(model, frame, None)  # lag-free features (see the README: serving)
-            ok = True
-        except Exception as exc:
-            log.error("shadow scoring failed: %s", exc)
-            ok, proba = False, np.zeros(0)
-        elapsed = time.perf_counter() - start
-        service.metrics.observe(SHADOW, model.version, elapsed, ok)
-        _guardrail(service, ok, elapsed * 1000, SHADOW)
-        if ok:
-            labels = (proba >= threshold).astype(int)
-            now = service.clock()
-            logged = predlog.records(ids, now, model.version, SHADOW, proba, labels, rows, keys)
-            service.log.append(logged)
+def _shadow_model(service: Service) -> Loaded | None:
+    """The challenger a running shadow experiment scores (the worker is warmed with it)."""
+    current = service.holder.current
+    return current.challenger if getattr(current.experiment, "kind", None) == "shadow" else None
 
 
 # -- feedback ------------------------------------------------------------------------------------
@@ -392,7 +413,7 @@ def build_service(
 ) -> Service:
     """The service's parts (nothing started); `clock` stamps predictions and labels."""
     history = _history(params, settings)
-    return Service(
+    service = Service(
         params,
         settings,
         ModelHolder(params, settings, history),
@@ -400,11 +421,20 @@ def build_service(
         FeedbackLog(settings.path(params.serve.feedback_dir)),
         ServiceMetrics(),
         history,
-        queue.Queue(maxsize=params.serve.shadow_queue),
         _served_ids(params, settings),
         api_key(),
         clock=clock or predlog.utc_now,
     )
+    service.scorer = Coalescer(
+        functools.partial(predict_batch, service), len, params.serve.max_rows, "scorer"
+    )
+    service.shadow = ShadowScorer(
+        params.serve.shadow_queue,
+        functools.partial(_shadow_done, service),
+        service.metrics.shadow_dropped.inc,
+        functools.partial(_shadow_model, service),
+    )
+    return service
 
 
 def create_app(
@@ -416,18 +446,17 @@ def create_app(
     or a replay's event time when history is served again.
     """
     service = build_service(params, settings, clock)
-    stop = threading.Event()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.log.start()
         service.holder.start()
-        worker = threading.Thread(target=_shadow_worker, args=(service, stop), daemon=True)
-        worker.start()
+        service.scorer.start()
+        service.shadow.start()
         yield
-        stop.set()
+        service.scorer.stop()  # answers what is queued
+        service.shadow.stop()
         service.holder.stop()
-        worker.join(timeout=5)
         service.log.close()
 
     app = FastAPI(
@@ -483,7 +512,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         if current.champion is None:
             raise ApiError(503, "no champion model is loaded yet")
         valid = _validate(rows, current.champion.rows)
-        return JSONResponse({"predictions": _predict(service, valid)})
+        return JSONResponse({"predictions": await service.scorer.submit(valid)})
 
     @app.post("/feedback", summary="Labels for served predictions (by prediction_id or data id)")
     async def feedback(request: Request) -> Response:

@@ -113,7 +113,11 @@ def score(loaded: Loaded, rows: pd.DataFrame, history: History | None) -> np.nda
     No per-call thread-pool limit (threadpoolctl costs ~5 ms a call): the service process sets
     one limit at start (`limit_threads`); requests are small batches.
     """
-    X = features_for(loaded, rows, history)
+    return predict(loaded, features_for(loaded, rows, history))
+
+
+def predict(loaded: Loaded, X: pd.DataFrame) -> np.ndarray:
+    """Probabilities of the positive class for the model's input rows."""
     return np.asarray(loaded.model.predict_proba(X)[:, 1], dtype=float)
 
 

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from driftloop import monitoring, registry
 from driftloop.config import Params, Settings, load_context
 from driftloop.monitoring import MonitorResult
-from driftloop.serving.app import create_app
+from driftloop.serving.app import _validate, create_app, predict_batch
 from driftloop.sources import load_seattle
 from tests.helpers import Project, cli
 from tests.integration.conftest_loop import AS_OF, TRAIN_UNTIL, retrain_claims, with_champion
@@ -107,6 +107,36 @@ def test_the_monitor_flow_retrains_from_served_traffic(
     assert isinstance(summary["retrain"], dict) and summary["retrain"]["version"] == "2"
     assert project.versions() == ["1", "2"]
     assert len(retrain_claims(project)) == 1
+
+
+def test_coalesced_requests_see_the_history_they_see_one_by_one(
+    january: tuple[Project, list[dict[str, Any]]],
+) -> None:
+    """A batch of requests gets the lags and rolling means each gets when they come one by one,
+    in arrival order (here out of date order: a later request carries earlier days)."""
+    days = load_seattle().set_index("date").loc["2015-02-01":"2015-02-10"]
+    rows = [
+        {"date": day.isoformat(), **{c: float(r[c]) for c in SEATTLE_INPUTS}}
+        for day, r in days.iterrows()
+    ]
+    requests = [rows[5:10], rows[0:1], rows[1:4], rows[4:5]]
+    params, settings = load_context()
+
+    def served(batches: list[list[list[dict[str, Any]]]]) -> list[float]:
+        with TestClient(create_app(params, settings)) as client:  # history: the accepted data
+            service = client.app.state.service  # type: ignore[attr-defined]
+            champion = service.holder.current.champion
+            out = []
+            for batch in batches:
+                answers = predict_batch(service, [_validate(r, champion.rows) for r in batch])
+                out += [a["probability"] for answer in answers for a in answer]  # type: ignore[union-attr]
+        return out
+
+    one_by_one = served([[r] for r in requests])
+    together = served([requests])
+    assert together == one_by_one
+    in_date_order = served([[rows]])  # negative control: Feb 6-10 then see Feb 1-5 as history
+    assert in_date_order[5:] != one_by_one[:5]
 
 
 # -- explicit labels: feedback ------------------------------------------------------------------

@@ -30,7 +30,7 @@ from fastapi.testclient import TestClient
 
 from driftloop.config import Params, Settings, load_context
 from driftloop.errors import ConfigError
-from driftloop.serving.app import create_app
+from driftloop.serving.app import _validate, create_app, predict_batch
 from driftloop.serving.feedback import feedback_labels, flush_feedback, read_feedback
 from driftloop.serving.predlog import read_prediction_log, wal_dir
 from driftloop.serving.security import check_bind
@@ -150,6 +150,83 @@ def test_the_prediction_log_holds_every_prediction_with_its_inputs(
     assert set(mine["loan_id"]) == {r["loan_id"] for r in served.rows(10, 20)}
     assert (mine["variant"] == "champion").all() and mine["probability"].between(0, 1).all()
     assert mine["key"].tolist() == mine["loan_id"].tolist()  # the id column is the sticky key
+
+
+# -- coalescing: concurrent requests scored together, each answered as if alone -----------------
+
+
+def _alone(client: TestClient, requests: list[list[dict[str, Any]]]) -> list[list[Any]]:
+    return [predict(client, {"records": rows}).json()["predictions"] for rows in requests]
+
+
+def _same_answers(got: list[Any], alone: list[Any]) -> None:
+    assert len(got) == len(alone)
+    for a, b in zip(got, alone, strict=True):
+        assert (a["probability"], a["label"]) == (b["probability"], b["label"])
+        assert (a["model_version"], a["variant"]) == (b["model_version"], b["variant"])
+
+
+def test_a_coalesced_batch_answers_each_request_as_it_is_answered_alone(
+    served: Served, client: TestClient
+) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    requests = [served.rows(200, 1), served.rows(201, 4), served.rows(205, 1), served.rows(206, 7)]
+    alone = _alone(client, requests)
+    valid = [_validate(rows, service.holder.current.champion.rows) for rows in requests]
+
+    together = predict_batch(service, valid)  # the scorer thread's call for one batch
+
+    for got, want in zip(together, alone, strict=True):
+        assert isinstance(got, list)
+        _same_answers(got, want)
+    ids = [a["prediction_id"] for got in together for a in got]  # type: ignore[union-attr]
+    assert len(set(ids)) == len(ids) == 13
+    assert not set(ids) & {a["prediction_id"] for want in alone for a in want}
+    params, settings = served.context()
+    logged = poll(
+        lambda: read_prediction_log(params, settings),
+        lambda f: set(ids) <= set(f["prediction_id"]),
+        10,
+    )
+    by_id = logged.set_index("prediction_id")
+    rows = [r for request in requests for r in request]
+    assert [by_id.loc[i, "loan_id"] for i in ids] == [r["loan_id"] for r in rows]  # order kept
+
+
+def test_a_request_that_fails_in_a_batch_fails_alone(served: Served, client: TestClient) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    good, other = served.rows(220, 3), served.rows(223, 2)
+    alone = _alone(client, [good, other])
+    valid = [_validate(rows, service.holder.current.champion.rows) for rows in (good, other)]
+    broken = [
+        {**valid[0][0], "applied_at": "not a time"}
+    ]  # past validation: the feature step fails
+
+    answers = predict_batch(service, [valid[0], broken, valid[1]])
+
+    assert isinstance(answers[1], Exception)
+    _same_answers(answers[0], alone[0])  # type: ignore[arg-type]
+    _same_answers(answers[2], alone[1])  # type: ignore[arg-type]
+
+
+def test_concurrent_requests_each_get_their_own_rows_answers_and_their_own_422(
+    served: Served, client: TestClient
+) -> None:
+    requests = [served.rows(240 + 3 * i, 1 + i % 3) for i in range(24)]
+    alone = _alone(client, requests)
+    bad = {"records": [{"applied_at": "2014-02-01", "region": "west", "amount": -5.0}]}
+    bodies: list[Any] = [{"records": rows} for rows in requests]
+    bodies[5::6] = [bad] * len(bodies[5::6])
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda body: predict(client, body), bodies))
+
+    for n, answer in enumerate(answers):
+        if bodies[n] is bad:
+            assert answer.status_code == 422 and "amount" in answer.json()["detail"]
+        else:
+            assert answer.status_code == 200, answer.text
+            _same_answers(answer.json()["predictions"], alone[n])
 
 
 BAD_PAYLOADS: list[tuple[str, Any, int, str]] = [
@@ -639,3 +716,6 @@ def test_a_real_shadow_experiment_is_followed_by_the_service_from_start_to_stop(
             experiments.end_experiment(settings, params.train.model_name, "stopped", "test over")
         after = poll(lambda: test_client.get("/health").json(), lambda h: not h["experiment"], 10)
         assert after["challenger_version"] is None
+        shadow = test_client.app.state.service.shadow  # type: ignore[attr-defined]
+        assert shadow.started == 1  # one worker process scored the shadow rows ...
+        assert not poll(lambda: shadow.running, lambda running: not running, 10)  # ... and stopped

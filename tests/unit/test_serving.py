@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from driftloop.config import Params, load_params
+from driftloop import jsonio
+from driftloop.config import LagParams, Params, RollingParams, load_params
 from driftloop.features import feature_frame, sort_rows
-from driftloop.serving.models import History
-from driftloop.serving.predlog import WAL_SUFFIX, PredictionLog, read_wal, records
+from driftloop.registry import ModelRef
+from driftloop.serving.coalesce import Coalescer
+from driftloop.serving.models import History, Loaded, score
+from driftloop.serving.predlog import WAL_SUFFIX, PredictionLog, read_wal, record_line, records
 from driftloop.serving.schema import input_columns, needs_history, rows_adapter
+from driftloop.serving.shadow import ShadowResult, ShadowScorer, ShadowWork
 from tests.helpers import REPO_ROOT
 from tests.unit.test_features import daily, stocks, stocks_params
 
@@ -149,3 +156,179 @@ def test_history_is_kept_per_entity(seattle: Params) -> None:
     )
     batch = feature_frame(table, params.features, params.data).iloc[4:].reset_index(drop=True)
     pd.testing.assert_frame_equal(online[batch.columns], batch)
+
+
+# -- coalescing: requests queued while a batch is scored are scored together ---------------------
+
+
+def _double(calls: list[list[list[object]]], gate: threading.Event) -> Any:
+    def handler(items: list[list[Any]]) -> list[object]:
+        calls.append(items)
+        if len(calls) == 1:
+            assert gate.wait(10)  # the first batch holds the scorer while more requests queue
+        return [ValueError(f"bad {i}") if "bad" in i else [2 * x for x in i] for i in items]
+
+    return handler
+
+
+async def _queued(coalescer: Coalescer[Any, Any], n: int) -> None:
+    for _ in range(2000):  # a bound, not a timing assertion
+        if coalescer.queued >= n:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{coalescer.queued} requests queued, expected {n}")
+
+
+def test_requests_queued_while_a_batch_is_scored_become_one_call_answered_each_in_order() -> None:
+    calls: list[list[list[object]]] = []
+    gate = threading.Event()
+    coalescer: Coalescer[Any, Any] = Coalescer(_double(calls, gate), len, 100, "test")
+
+    async def main() -> list[Any]:
+        first = asyncio.ensure_future(coalescer.submit([1]))
+        while not calls:
+            await asyncio.sleep(0.005)
+        later = [asyncio.ensure_future(coalescer.submit(x)) for x in ([2, 3], ["bad"], [4])]
+        await _queued(coalescer, 3)
+        gate.set()
+        return await asyncio.gather(first, *later, return_exceptions=True)
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        coalescer.stop()
+    assert calls == [[[1]], [[2, 3], ["bad"], [4]]]  # one call for the three queued requests
+    assert answers[:2] == [[2], [4, 6]] and answers[3] == [8]
+    assert isinstance(answers[2], ValueError)  # only that request fails
+
+
+def test_a_batch_takes_whole_requests_up_to_the_row_cap() -> None:
+    calls: list[list[list[object]]] = []
+    gate = threading.Event()
+    coalescer: Coalescer[Any, Any] = Coalescer(_double(calls, gate), len, 3, "test")
+
+    async def main() -> list[Any]:
+        first = asyncio.ensure_future(coalescer.submit([0]))
+        while not calls:
+            await asyncio.sleep(0.005)
+        later = [asyncio.ensure_future(coalescer.submit(x)) for x in ([1, 2], [3], [4], [5, 6])]
+        await _queued(coalescer, 4)
+        gate.set()
+        return await asyncio.gather(first, *later)
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        coalescer.stop()
+    assert calls == [[[0]], [[1, 2], [3]], [[4], [5, 6]]]
+    assert answers == [[0], [2, 4], [6], [8], [10, 12]]
+
+
+def test_a_failed_batch_fails_each_of_its_requests_and_the_next_batch_is_served() -> None:
+    def handler(items: list[list[int]]) -> list[list[int]]:
+        if any(0 in i for i in items):
+            raise RuntimeError("model broke")
+        return items
+
+    coalescer: Coalescer[Any, Any] = Coalescer(handler, len, 100, "test")
+
+    async def main() -> list[Any]:
+        failed = await asyncio.gather(coalescer.submit([0]), return_exceptions=True)
+        return [*failed, await coalescer.submit([7])]
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        coalescer.stop()
+    assert isinstance(answers[0], RuntimeError) and answers[1] == [7]
+
+
+# -- the prediction log writer -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"amount": 1.5, "region": "west", "n": 3, "ok": True, "gone": None},
+        {"at": dt.datetime(2026, 1, 2, 3, 4, 5), "day": dt.date(2026, 1, 2)},
+        {"amount": float("nan"), "big": float("inf")},
+        {"np": np.float64(0.5), "i": np.int64(7), "t": pd.Timestamp("2026-01-01 10:00")},
+    ],
+)
+def test_a_log_line_is_the_text_jsonio_writes(inputs: dict[str, Any]) -> None:
+    record = records(["p"], dt.datetime(2026, 1, 1), "3", "champion", [0.25], [0], [inputs])[0]
+    line = record_line(record)
+    assert line == jsonio.dumps(record)
+    assert json.loads(line)["inputs"] == json.loads(jsonio.dumps(inputs))
+
+
+# -- shadow scoring in a worker process ----------------------------------------------------------
+
+
+def _shadow_model(seattle: Params) -> tuple[Loaded, pd.DataFrame]:
+    from sklearn.linear_model import LogisticRegression
+
+    lag_free = seattle.features.model_copy(update={"lags": LagParams(), "rolling": RollingParams()})
+    params = seattle.model_copy(update={"features": lag_free})
+    raw = pd.DataFrame(
+        {
+            "date": pd.date_range("2015-01-01", periods=40, freq="D"),
+            "precipitation": np.linspace(0, 5, 40),
+            "temp_max": np.linspace(5, 15, 40),
+            "temp_min": np.linspace(-2, 8, 40),
+            "wind": np.linspace(1, 6, 40),
+        }
+    )
+    X = feature_frame(raw, params.features, params.data)
+    model = LogisticRegression().fit(X, np.arange(40) % 3 == 0)
+    ref = ModelRef("m", "7", "run", {})
+    return Loaded(ref, model, params, rows_adapter(params), list(X.columns)), raw
+
+
+def test_the_shadow_worker_answers_each_request_with_its_rows_probabilities(
+    seattle: Params,
+) -> None:
+    loaded, raw = _shadow_model(seattle)
+    rows = raw.to_dict("records")
+    results: list[ShadowResult] = []
+    done = threading.Event()
+
+    def on_result(result: ShadowResult) -> None:
+        results.append(result)
+        if len(results) == 3:
+            done.set()
+
+    scorer = ShadowScorer(10, on_result, lambda n: None)
+    works = [
+        ShadowWork(
+            loaded, rows[a:b], [f"p{i}" for i in range(a, b)], [f"k{i}" for i in range(a, b)]
+        )
+        for a, b in ((0, 5), (5, 6), (6, 40))
+    ]
+    try:
+        assert all(scorer.submit(w) for w in works)
+        assert done.wait(120)
+    finally:
+        scorer.stop()
+    assert scorer.started == 1
+    expected = score(loaded, raw, None)
+    for result in results:
+        first = int(result.work.ids[0][1:])
+        assert result.error is None and result.proba is not None
+        assert np.array_equal(result.proba, expected[first : first + len(result.work.rows)])
+
+
+def test_shadow_work_beyond_the_limit_is_dropped_and_counted(seattle: Params) -> None:
+    loaded, raw = _shadow_model(seattle)
+    rows = raw.to_dict("records")
+    dropped: list[int] = []
+    scorer = ShadowScorer(2, lambda r: None, dropped.append)
+    scorer._feeder = threading.Thread()  # no feeder: nothing leaves the queue (the worker is busy)
+    try:
+        kept = [scorer.submit(ShadowWork(loaded, rows[:3], ["a", "b", "c"], ["a", "b", "c"]))]
+        kept += [scorer.submit(ShadowWork(loaded, rows[:1], ["d"], ["d"])) for _ in range(3)]
+    finally:
+        scorer._feeder = None
+        scorer.stop()
+    assert kept == [True, True, False, False]
+    assert dropped[:2] == [1, 1] and sum(dropped) == 2 + 4  # then 4 rows never scored at stop
