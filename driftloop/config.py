@@ -298,6 +298,9 @@ class PromoteParams(_Strict):
     floor: float = 0.5
     min_holdout_rows: int = Field(21, ge=1)  # holdout rows neither model has trained on
     min_segment_rows: int = Field(20, ge=1)  # smaller segments are not judged
+    # What passing the gate does: "gate" moves `champion` at once; "experiment" makes the
+    # candidate the `challenger` and starts serve.experiment (it wins only on served traffic).
+    via: Literal["gate", "experiment"] = "gate"
 
 
 class FeatureDrift(_Strict):

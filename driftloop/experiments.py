@@ -684,9 +684,16 @@ def _audit(settings: Settings, state: ExperimentState, event: str, **extra: Any)
 
 
 def start_experiment(
-    params: Params, settings: Settings, now: dt.datetime | None = None
+    params: Params,
+    settings: Settings,
+    now: dt.datetime | None = None,
+    stage: str | None = None,
 ) -> ExperimentState:
-    """Start `serve.experiment` with the `challenger` alias against `champion`."""
+    """Start `serve.experiment` with the `challenger` alias against `champion`.
+
+    `stage`: first move the alias to this version (only when no experiment is running, so
+    a running test never has its challenger changed under it).
+    """
     from driftloop import registry
 
     name = params.train.model_name
@@ -696,6 +703,8 @@ def start_experiment(
         current = read_state(settings, name)
         if current is not None and current.running:
             raise ExperimentError(f"{name}: experiment {current.id} is running; stop it first")
+        if stage is not None:
+            registry.set_alias(client, name, registry.CHALLENGER, stage)
         champion = registry.get_alias(client, name, registry.CHAMPION)
         challenger = registry.get_alias(client, name, registry.CHALLENGER)
         if champion is None or challenger is None:
@@ -786,6 +795,18 @@ def record_guardrail(
     return reason
 
 
+def retrain_blocked(params: Params, settings: Settings) -> str | None:
+    """promote.via experiment: why a retrain must wait (a challenger is being tested), or None."""
+    if params.promote.via != "experiment":
+        return None
+    state = load_state(settings, params.train.model_name)
+    if state is None:
+        return None
+    return (
+        f"deferred: challenger v{state.challenger_version} is in {state.kind} experiment {state.id}"
+    )
+
+
 def experiment_status(settings: Settings, model_name: str) -> dict[str, Any]:
     """The current or last experiment, with this process's guardrail counts (for the CLI)."""
     state = read_state(settings, model_name)
@@ -817,7 +838,10 @@ def read_experiment_log(params: Params, settings: Settings) -> tuple[pd.DataFram
 
 
 def apply_verdict(
-    settings: Settings, state: ExperimentState, verdict: ExperimentVerdict
+    settings: Settings,
+    state: ExperimentState,
+    verdict: ExperimentVerdict,
+    now: dt.datetime | None = None,
 ) -> ExperimentState | None:
     """Promote (the training gate's compare-and-set, version tags, audit) or end the experiment.
 
@@ -839,7 +863,7 @@ def apply_verdict(
             _tag(settings, state, "rejected", reason)
         if verdict.srm is not None and verdict.srm.mismatch:
             outcome = "srm"
-        return _end(settings, state, outcome, reason)
+        return _end(settings, state, outcome, reason, now)
 
 
 def _tag(settings: Settings, state: ExperimentState, decision: str, reason: str) -> None:

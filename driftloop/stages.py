@@ -266,6 +266,7 @@ class PromotionResult:
     candidate_eval: Evaluation
     champion_eval: Evaluation | None
     applied: bool = False
+    experiment: str | None = None  # promote.via experiment: the online test it is now in
 
 
 def evaluate_on_holdout(
@@ -349,15 +350,48 @@ def promote(
         if champion is not None and champion.version != candidate.version:
             champ_eval = evaluate_on_holdout(params, champion, data.frame, after)
         decision = _decide(params, champion, candidate, cand_eval, champ_eval)
-        applied = False
-        if decision.promote:
-            refused = set_champion_if_unchanged(client, name, candidate.version, basis)
-            if refused is not None:
-                decision = Decision(False, refused)
-            applied = refused is None
-        result = PromotionResult(candidate.version, basis, decision, cand_eval, champ_eval, applied)
-        _record_decision(params, settings, client, candidate, result, trigger, data)
+        staged = decision.promote and champion is not None and params.promote.via == "experiment"
+        if not staged:
+            applied = False
+            if decision.promote:
+                refused = set_champion_if_unchanged(client, name, candidate.version, basis)
+                if refused is not None:
+                    decision = Decision(False, refused)
+                applied = refused is None
+            result = PromotionResult(
+                candidate.version, basis, decision, cand_eval, champ_eval, applied
+            )
+            _record_decision(params, settings, client, candidate, result, trigger, data)
+            return result
+    # Outside the promotion lock: an experiment's verdict takes its own lock, then this one.
+    decision, experiment = stage_challenger(params, settings, candidate, data, decision)
+    result = PromotionResult(
+        candidate.version, basis, decision, cand_eval, champ_eval, False, experiment
+    )
+    _record_decision(params, settings, client, candidate, result, trigger, data)
     return result
+
+
+def stage_challenger(
+    params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, gate: Decision
+) -> tuple[Decision, str | None]:
+    """promote.via experiment: the candidate that passed the gate becomes `challenger` and
+    `serve.experiment` starts; the experiment's verdict, on served traffic, may promote it.
+
+    The experiment starts at the candidate's decision time: now, or the end of the day it was
+    trained `until` when that is earlier (a replay or a backfill lives in the past).
+    """
+    from driftloop.experiments import ExperimentError, start_experiment
+
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    if data.labels_as_of is not None:
+        now = min(now, data.labels_as_of.floor("us").to_pydatetime())
+    try:
+        state = start_experiment(params, settings, now, stage=candidate.version)
+    except ExperimentError as exc:
+        return Decision(False, f"passed the gate but not staged: {exc}"), None
+    kind = params.serve.experiment.kind
+    return Decision(False, f"{gate.reason}; challenger in {kind} experiment {state.id}"), state.id
 
 
 def _record_decision(
@@ -372,7 +406,7 @@ def _record_decision(
     """Tags on the version, one line in the audit log, and the DVC stage's report."""
     from driftloop import registry
 
-    verdict = "promoted" if result.applied else "rejected"
+    verdict = "promoted" if result.applied else "challenger" if result.experiment else "rejected"
     registry.tag_version(
         client,
         candidate.name,
@@ -508,7 +542,13 @@ class TrainOutcome:
 
     @property
     def message(self) -> str:
-        verdict = "promoted to champion" if self.promoted else "not promoted"
+        verdict = (
+            "promoted to champion"
+            if self.promoted
+            else "challenger, tested online"
+            if self.extra.get("experiment")
+            else "not promoted"
+        )
         return f"v{self.version} {verdict}: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -562,4 +602,5 @@ def train_and_promote(
         outcome.holdout,
         result.applied,
         result.decision.reason,
+        {"experiment": result.experiment} if result.experiment else {},
     )

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from driftloop import stages
+from driftloop import experiments, stages
 from driftloop.config import flow_target
 from flows.training import context
 from tasks import monitoring as m
@@ -55,7 +55,9 @@ def monitor_flow(
     if result.decision.action == "cannot_evaluate":
         m.alert(result)
     elif result.decision.action == "retrain" and retrain != "off":
-        if not m.claim_retrain(params, settings, result):
+        if blocked := experiments.retrain_blocked(params, settings):
+            summary["retrain"] = blocked
+        elif not m.claim_retrain(params, settings, result):
             summary["retrain"] = "already claimed within the cooldown"
         elif retrain == "subflow":
             summary["retrain"] = retrain_flow(

@@ -5,6 +5,7 @@ No statistics here: `driftloop.experiments` decides; these add retries and the a
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 from prefect import task
@@ -70,18 +71,21 @@ def markdown(state: ExperimentState, verdict: ExperimentVerdict) -> str:
 
 @task(name="evaluate-experiment", cache_policy=NONE)
 def evaluate(
-    params: Params, settings: Settings
+    params: Params, settings: Settings, now: dt.datetime | None = None
 ) -> tuple[ExperimentState, ExperimentVerdict] | None:
     """The running experiment judged on the prediction log and feedback (None: none runs)."""
-    return experiments.evaluate_running(params, settings)
+    return experiments.evaluate_running(params, settings, now)
 
 
 @task(name="apply-verdict", cache_policy=NONE, **REGISTRY_RETRIES)
 def apply(
-    settings: Settings, state: ExperimentState, verdict: ExperimentVerdict
+    settings: Settings,
+    state: ExperimentState,
+    verdict: ExperimentVerdict,
+    now: dt.datetime | None = None,
 ) -> ExperimentState | None:
     """Promote through the training gate's compare-and-set, or end the experiment with why."""
-    return experiments.apply_verdict(settings, state, verdict)
+    return experiments.apply_verdict(settings, state, verdict, now)
 
 
 @task(name="publish-experiment", cache_policy=NONE)

@@ -555,3 +555,40 @@ def test_a_guardrail_during_the_evaluation_wins_over_its_promotion(tmp_path: Pat
     assert x.apply_verdict(settings, s, verdict) is None  # nothing promoted, no registry touched
     last = x.read_state(settings, "m")
     assert last is not None and last.outcome == "guardrail"
+
+
+def test_a_gate_winner_is_staged_as_challenger_once_and_never_under_a_running_test(
+    project: Project,
+) -> None:
+    """promote.via experiment: the candidate becomes @challenger with an experiment started at
+    its decision time; a second candidate while that test runs is refused, alias untouched."""
+    from driftloop import registry, stages
+    from driftloop.config import load_params
+    from driftloop.promotion import Decision
+
+    register_two_models(project)
+    set_experiment(project, kind="shadow")
+    params = load_params(project.root / "params.yaml")
+    client = registry.connect(project.settings)
+    v2 = registry.get_version(client, project.model_name, "2")
+    decided_at = pd.Timestamp("2013-03-07 23:59:59.999999")
+    data = stages.TrainingData(pd.DataFrame({"date": []}), "md5", "md5", "date", None, decided_at)
+    gate = Decision(True, "roc_auc 0.70 beats champion 0.66")
+
+    decision, experiment = stages.stage_challenger(params, project.settings, v2, data, gate)
+    assert experiment is not None and not decision.promote
+    assert "challenger in shadow experiment" in decision.reason
+    state = x.read_state(project.settings, project.model_name)
+    assert state is not None and state.running and state.challenger_version == "2"
+    assert state.started_at == dt.datetime(2013, 3, 7, 23, 59, 59, 999999, tzinfo=dt.UTC)
+    assert registry.get_alias(client, project.model_name, registry.CHALLENGER).version == "2"
+    assert x.retrain_blocked(params, project.settings) is None  # via gate: never blocked
+
+    staged = params.model_copy(
+        update={"promote": params.promote.model_copy(update={"via": "experiment"})}
+    )
+    assert "deferred: challenger v2" in str(x.retrain_blocked(staged, project.settings))
+    v1 = registry.get_version(client, project.model_name, "1")
+    again, none = stages.stage_challenger(params, project.settings, v1, data, gate)
+    assert none is None and not again.promote and "is running" in again.reason
+    assert registry.get_alias(client, project.model_name, registry.CHALLENGER).version == "2"
