@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import typer
 
-from driftloop.errors import DriftloopError
+from driftloop.errors import ConfigError, DriftloopError
 
 app = typer.Typer(
     add_completion=False,
@@ -406,16 +406,31 @@ def retrain(
 @app.command()
 def replay(
     steps: int = typer.Option(None, help="Replay only the first N steps (default: all)"),
+    online: bool = typer.Option(
+        False,
+        "--online",
+        help="Serve each step through the running service and send labels back; compare "
+        "promotion on the holdout gate alone with promotion after an online test",
+    ),
+    experiment: str = typer.Option(
+        "shadow", help="--online: the online test of the gate's winner (shadow, ab, canary)"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Replay 2012-2015 as it arrived: the real loop, then a report comparing strategies."""
+    """Replay history as it arrived: the real loop, then a report comparing strategies."""
     try:
         target = _target()
-        from flows.replay import replay_flow
+        where = {"project": target["project"], "params_file": target["params_file"]}
+        if online:
+            if experiment not in ("shadow", "ab", "canary"):
+                raise ConfigError(f"--experiment {experiment!r}: must be shadow, ab or canary")
+            from flows.replay import online_replay_flow
 
-        summary = replay_flow(
-            steps=steps, project=target["project"], params_file=target["params_file"]
-        )
+            summary = online_replay_flow(steps=steps, experiment=experiment, **where)
+        else:
+            from flows.replay import replay_flow
+
+            summary = replay_flow(steps=steps, **where)
     except DriftloopError as exc:
         _fail(exc)
         return
@@ -424,6 +439,7 @@ def replay(
         lines.append(
             f"  {name:16s} accuracy {res['accuracy']:.4f}  ROC AUC {res['roc_auc']:.4f}  "
             f"retrains {res['retrains']}"
+            + (f"  promotions {res['promotions']}" if "promotions" in res else "")
         )
     lines.append(f"  {summary['meta']['steps']} steps in {summary['meta']['wall_seconds']} s")
     _emit(summary, as_json, "\n".join(lines))

@@ -25,6 +25,8 @@ from driftloop.config import Params, Settings
 from driftloop.features import attach_labels, make_dataset
 from driftloop.training import score
 
+INITIAL_TRIGGER = "replay: initial model"
+
 
 @dataclass(frozen=True)
 class Step:
@@ -55,9 +57,14 @@ def step_dates(params: Params) -> list[dt.date]:
     return dates
 
 
-def workspace_params(params: Params, stamp: str) -> dict[str, Any]:
-    """The replay's params: the project's, with its own registered model and experiments."""
+def workspace_params(
+    params: Params, stamp: str, changes: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The replay's params: the project's, with its own registered model and experiments
+    (`changes`: sections updated on top, e.g. {"promote": {"via": "experiment"}})."""
     raw = params.model_dump(mode="json")
+    for section, values in (changes or {}).items():
+        raw[section] = _merged(raw.get(section) or {}, values)
     raw["train"]["model_name"] = f"{params.train.model_name}_replay_{stamp}"
     raw["train"]["experiment"] = f"{params.train.experiment}-replay"
     raw["monitor"]["experiment"] = f"{params.monitor.experiment}-replay"
@@ -67,7 +74,20 @@ def workspace_params(params: Params, stamp: str) -> dict[str, Any]:
     return raw
 
 
-def prepare_workspace(params: Params, settings: Settings, name: str | None = None) -> Settings:
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if nested else value
+    return out
+
+
+def prepare_workspace(
+    params: Params,
+    settings: Settings,
+    name: str | None = None,
+    changes: dict[str, dict[str, Any]] | None = None,
+) -> Settings:
     """A new project folder (git + DVC + local remote) for one replay; MLflow store shared."""
     from dvc.repo import Repo
 
@@ -76,7 +96,7 @@ def prepare_workspace(params: Params, settings: Settings, name: str | None = Non
     root.mkdir(parents=True, exist_ok=False)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     (root / "params.yaml").write_text(
-        yaml.safe_dump(workspace_params(params, stamp), sort_keys=False)
+        yaml.safe_dump(workspace_params(params, stamp, changes), sort_keys=False)
     )
     with contextlib.redirect_stdout(sys.stderr):  # "Initialized DVC repository." is chatter
         repo = Repo.init(str(root))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -10,7 +12,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from driftloop import ingest, monitoring, registry, replay
+from driftloop import ingest, monitoring, online, registry, replay
 from driftloop.config import Params, Settings
 
 T = TypeVar("T")
@@ -97,5 +99,74 @@ def report(
         + rows
         + f"\n\nReport: [{html_path.name}]({html_path.as_uri()})",
         description="Replay comparison",
+    )
+    return json_path, html_path
+
+
+# -- online replay ------------------------------------------------------------------------------
+
+
+@task(name="serve-step", cache_policy=NONE)
+def serve_step(
+    params: Params, ws: Settings, live: online.LiveService, source: str, as_of: dt.date
+) -> online.StepTraffic:
+    """The step's batch ingested and posted to the service; its landed labels sent back."""
+    return online.serve_step(params, ws, live, source, as_of)
+
+
+def to_online_step(
+    arm: str,
+    outcome: dict[str, Any],
+    batch_start: dt.date,
+    champion: str | None,
+    traffic: online.StepTraffic,
+    experiment: dict[str, Any] | None,
+) -> online.OnlineStep:
+    """One online timeline entry: the monitoring summary, the traffic, the experiment's look."""
+    base = to_step(outcome, batch_start, champion)
+    retrain = outcome.get("retrain")
+    looked = experiment or {}
+    promoted_online = looked.get("action") == "promote"
+    verdict = f"{looked['action']}: {looked.get('reason', '')}" if "experiment" in looked else ""
+    return online.OnlineStep(
+        **{**asdict(base), "promoted": base.promoted or promoted_online},
+        arm=arm,
+        served=traffic.served.rows,
+        labels_sent=traffic.labels_sent,
+        source=str(outcome.get("source", "")),
+        staged=bool(isinstance(retrain, dict) and retrain.get("experiment")),
+        experiment=verdict,
+    )
+
+
+@task(name="judge-arm", cache_policy=NONE)
+def judge_arm(
+    params: Params, ws: Settings, steps: list[online.OnlineStep]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An arm's served answers judged on their labels, and its promotion decisions."""
+    events = online.arm_events(ws, params.train.model_name)
+    return online.arm_summary(params, ws, steps, events), events
+
+
+@task(name="online-report", cache_policy=NONE)
+def online_report(
+    out_dir: Path,
+    arms: dict[str, dict[str, Any]],
+    timelines: dict[str, list[online.OnlineStep]],
+    events: dict[str, list[dict[str, Any]]],
+    meta: dict[str, Any],
+) -> tuple[Path, Path]:
+    json_path, html_path = online.write_online_report(out_dir, arms, timelines, events, meta)
+    rows = "\n".join(
+        f"| {online.ARM_TITLES[arm]} | {r['roc_auc']:.4f} | {r['promotions']} | "
+        f"{r['refused_online']} |"
+        for arm, r in arms.items()
+    )
+    create_markdown_artifact(
+        key="online-replay",
+        markdown="| promotion policy | ROC AUC | promotions | refused online |\n|---|---|---|---|\n"
+        + rows
+        + f"\n\nReport: [{html_path.name}]({html_path.as_uri()})",
+        description="Online replay: holdout gate vs online test",
     )
     return json_path, html_path
