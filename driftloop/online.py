@@ -340,6 +340,7 @@ def arm_summary(
     metrics = strategy_metrics(
         served[["time", "label"]], served["probability"].to_numpy(), params.evaluation.threshold
     )
+    by_step = per_step(served, steps, params.evaluation.threshold)
     decisions = [
         e for e in events if e["event"] == "promotion" and e.get("trigger") != INITIAL_TRIGGER
     ]
@@ -353,7 +354,29 @@ def arm_summary(
         "experiments": len(ended),
         "refused_online": sum(e.get("decision") != "promoted" for e in ended),
         "versions_served": sorted(set(served["model_version"]), key=int),
+        "by_step": by_step,
     }
+
+
+def per_step(
+    served: pd.DataFrame, steps: list[OnlineStep], threshold: float
+) -> dict[str, dict[str, float | int]]:
+    """ROC AUC, accuracy and log loss of each step's labelled answers (rows of its batch)."""
+    from driftloop.training import score
+
+    out: dict[str, dict[str, float | int]] = {}
+    labelled = served[served["label"].notna()]
+    for step in steps:
+        start = pd.Timestamp(step.batch_start)
+        end = stages.end_of(step.as_of)
+        rows = labelled[(labelled["time"] >= start) & (labelled["time"] <= end)]
+        y = rows["label"].to_numpy(dtype=int)
+        metrics = score(y, rows["probability"].to_numpy(), threshold)
+        out[step.as_of] = {
+            "n": len(rows),
+            **{k: metrics[k] for k in ("roc_auc", "accuracy", "log_loss")},
+        }
+    return out
 
 
 @dataclass(frozen=True)
@@ -438,17 +461,17 @@ def online_html(
         rows=2,
         cols=1,
         subplot_titles=(
-            "Monthly ROC AUC of the answers users got, per promotion policy",
+            "ROC AUC of each week's answers (what users got), per promotion policy",
             "Champion version serving at each step (stars: promotions)",
         ),
         vertical_spacing=0.14,
     )
     for arm, result in arms.items():
-        months = list(result["monthly"])
+        weeks = list(result["by_step"])
         fig.add_trace(
             go.Scatter(
-                x=months,
-                y=[result["monthly"][m]["roc_auc"] for m in months],
+                x=weeks,
+                y=[result["by_step"][w]["roc_auc"] for w in weeks],
                 mode="lines+markers",
                 name=f"{ARM_TITLES[arm]}: ROC AUC",
             ),
@@ -504,16 +527,16 @@ def online_html(
         or (e["event"] == "promotion" and e.get("trigger") != INITIAL_TRIGGER)
     ]
     log_rows = "".join(
-        f"<tr><td>{html.escape(ARM_TITLES[arm])}</td><td>{html.escape(e['event'])}</td>"
-        f"<td>v{html.escape(str(e.get('version')))}</td>"
+        f"<tr class='text'><td>{html.escape(ARM_TITLES[arm])}</td>"
+        f"<td>{html.escape(e['event'])}</td><td>v{html.escape(str(e.get('version')))}</td>"
         f"<td>{html.escape(str(e.get('decision', '')))}</td>"
-        f"<td class='reason'>{html.escape(str(e.get('reason', '')))}</td></tr>"
+        f"<td>{html.escape(str(e.get('reason', '')))}</td></tr>"
         for arm, arm_events in events.items()
         for e in arm_events
         if e in decided
     )
     decisions = (
-        "<table><tr><th>policy</th><th>event</th><th>version</th><th>decision</th>"
+        "<table><tr class='text'><th>policy</th><th>event</th><th>version</th><th>decision</th>"
         f"<th>reason</th></tr>{log_rows}</table>"
     )
     notes = "".join(
@@ -523,7 +546,7 @@ def online_html(
     kind = str(meta.get("experiment", "shadow"))
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}td.reason{{text-align:left;max-width:640px}}</style></head><body>"
+        f"<style>{_CSS}tr.text td,tr.text th{{text-align:left}}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         f"<p class='verdict'>{html.escape(verdict_sentence(arms, kind))}</p>"
         f"{table}"
