@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -385,6 +385,7 @@ class OnlineStep(Step):
 
     arm: str = ""
     served: int = 0
+    answered: dict[str, int] = field(default_factory=dict)  # rows per "variant vVERSION"
     labels_sent: int = 0
     source: str = ""
     staged: bool = False

@@ -132,6 +132,7 @@ def to_online_step(
         **{**asdict(base), "promoted": base.promoted or promoted_online},
         arm=arm,
         served=traffic.served.rows,
+        answered=traffic.served.versions,
         labels_sent=traffic.labels_sent,
         source=str(outcome.get("source", "")),
         staged=bool(isinstance(retrain, dict) and retrain.get("experiment")),

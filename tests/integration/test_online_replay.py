@@ -78,6 +78,12 @@ def test_both_policies_are_judged_on_the_same_served_answers(
     assert set(comparison) == {"gate", "experiment"}
     judged = {name: r["n_predictions"] for name, r in comparison.items()}
     assert judged["gate"] == judged["experiment"] > 15_000  # three weeks of landed flights
+    for result in comparison.values():
+        weeks = result["by_step"]
+        assert (
+            list(weeks) == DAYS and sum(w["n"] for w in weeks.values()) == result["n_predictions"]
+        )
+        assert all(0.5 < w["roc_auc"] < 0.9 for w in weeks.values())
     for steps in report["timeline"].values():
         assert [s["as_of"] for s in steps] == DAYS
         # monitored what it served, unless an experiment promoted just before the monitor (the
@@ -86,6 +92,10 @@ def test_both_policies_are_judged_on_the_same_served_answers(
             "prediction_log"
         ] * sum(not s["experiment"].startswith("promote") for s in steps)
         assert all(s["served"] > 6000 and s["labels_sent"] > 5000 for s in steps)
+        # every row of a step was answered by the champion of that step (shadow never answers)
+        assert [s["answered"] for s in steps] == [
+            {f"champion v{s['champion']}": s["served"]} for s in steps
+        ]
     html = module_project.root / "reports" / "flights-replay" / "online" / "report.html"
     text = html.read_text()
     assert "On the same" in text and "holdout gate only" in text and "tested online" in text
