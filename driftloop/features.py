@@ -64,6 +64,8 @@ def _numeric(series: pd.Series) -> pd.Series:
 def _categorical(series: pd.Series) -> pd.Series:
     """Strings (missing stays NaN): the same text whatever dtype the batch carried."""
     out = series.astype(object).where(series.notna())
+    if pd.api.types.infer_dtype(out, skipna=True) in ("string", "empty"):
+        return out  # strings already (a check in C; the map below is a Python call per value)
     return out.map(lambda v: v if isinstance(v, str) or v is None or v != v else str(v))
 
 

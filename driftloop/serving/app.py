@@ -7,8 +7,8 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +37,7 @@ from driftloop.serving.models import (
 )
 from driftloop.serving.schema import needs_history, row_model
 from driftloop.serving.security import API_KEY_HEADER, api_key, key_matches
-from driftloop.serving.shadow import ShadowResult, ShadowScorer, ShadowWork
+from driftloop.serving.shadow import LogSpec, ShadowResult, ShadowScorer, ShadowWork
 
 log = logging.getLogger("driftloop.serving")
 
@@ -176,7 +176,7 @@ class Batch:
         rows = [row for rows in requests for row in rows]
         owner = [r for r, rows in enumerate(requests) for _ in rows]
         place = [j for rows in requests for j in range(len(rows))]
-        ids = [uuid.uuid4().hex for _ in rows]
+        ids = _new_ids(len(rows))
         keys = _keys(service, rows, ids)
         answers: list[list[dict[str, Any]]] = [[{} for _ in rows] for rows in requests]
         return cls(rows, owner, place, ids, keys, _variants(service, current, keys), answers)
@@ -190,6 +190,12 @@ class Batch:
 
     def result(self) -> list[Answers | Exception]:
         return [self.failed.get(r, answers) for r, answers in enumerate(self.answers)]
+
+
+def _new_ids(n: int) -> list[str]:
+    """n random prediction ids (128 bits, 32 hex digits; one system call, not n uuid4s)."""
+    raw = os.urandom(16 * n).hex()
+    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
 def predict_batch(service: Service, requests: list[Rows]) -> list[Answers | Exception]:
@@ -220,6 +226,7 @@ def predict_batch(service: Service, requests: list[Rows]) -> list[Answers | Exce
                     [batch.rows[i] for i in part],
                     [batch.ids[i] for i in part],
                     [batch.keys[i] for i in part],
+                    service.clock(),
                 )
                 service.shadow.submit(work)
     return batch.result()
@@ -321,20 +328,12 @@ def _key(value: Any) -> str | None:
 
 
 def _shadow_done(service: Service, result: ShadowResult) -> None:
-    """A challenger's shadow answers: logged with variant "shadow" under the champion's ids."""
-    work, proba = result.work, result.proba
-    ok = proba is not None
-    if proba is None:
+    """A challenger's shadow answers (the worker logged them): metrics and the guardrail."""
+    ok = result.proba is not None
+    if not ok:
         log.error("shadow scoring failed: %s", result.error)
-    service.metrics.observe(SHADOW, work.model.version, result.seconds, ok)
+    service.metrics.observe(SHADOW, result.work.model.version, result.seconds, ok)
     _guardrail(service, ok, result.seconds * 1000, SHADOW)
-    if proba is not None:
-        labels = (proba >= service.params.evaluation.threshold).astype(int)
-        version = work.model.version
-        logged = predlog.records(
-            work.ids, service.clock(), version, SHADOW, proba, labels, work.rows, work.keys
-        )
-        service.log.append(logged)
 
 
 def _shadow_model(service: Service) -> Loaded | None:
@@ -433,6 +432,7 @@ def build_service(
         functools.partial(_shadow_done, service),
         service.metrics.shadow_dropped.inc,
         functools.partial(_shadow_model, service),
+        LogSpec.of(service.log, params.evaluation.threshold),
     )
     return service
 

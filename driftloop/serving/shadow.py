@@ -1,17 +1,20 @@
-"""Shadow scoring in a worker process: the challenger never takes the champion's GIL.
+"""Shadow scoring in a worker process: the challenger never takes the champion's GIL or CPU.
 
 A shadow experiment scores every sampled row twice; scored in the service's own process, the
 challenger's pandas and scikit-learn work holds the interpreter lock while the champion answers.
-Here it runs in a separate process (spawned, lower CPU priority) that receives each challenger
-version once and the raw rows of the requests to score; its probabilities come back to the
-service, which logs them with variant "shadow" under the champion's prediction ids and records
-the guardrail. Work is bounded: beyond `limit` requests waiting or being scored, new work is
-dropped (counted), never waited on.
+Here it runs in a separate process (spawned, at idle CPU priority) that receives each challenger
+version once and the raw rows of the requests to score. Given a `LogSpec`, the worker writes the
+shadow predictions to a prediction log of its own (its own write-ahead file in the service's
+folder: one writer per process), with variant "shadow", the champion's prediction ids and the
+time the service stamped; the probabilities and the scoring time come back to the service for
+its metrics and the guardrail. Work is bounded: beyond `limit` requests waiting or being scored,
+new work is dropped (counted), never waited on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import itertools
 import logging
 import multiprocessing as mp
@@ -25,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from driftloop.serving import predlog
 from driftloop.serving.models import Loaded
 
 log = logging.getLogger("driftloop.serving")
 
-NICE = 10  # the worker yields the CPU to the service (and to everything else) under contention
+NICE = 19  # where SCHED_IDLE is refused: the worker yields the CPU to everything else
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,22 @@ class ShadowWork:
     rows: list[dict[str, Any]]
     ids: list[str]
     keys: list[str]
+    at: dt.datetime  # the service's time stamp of the request (its clock)
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """Where and how the worker logs its predictions (a `PredictionLog` of its own)."""
+
+    wal: Any  # Path
+    rolled: Any  # Path
+    flush_seconds: float
+    roll_every: dt.timedelta
+    threshold: float  # label = probability >= threshold
+
+    @classmethod
+    def of(cls, log: predlog.PredictionLog, threshold: float) -> LogSpec:
+        return cls(log.wal, log.rolled, log.flush_seconds, log.roll_every, threshold)
 
 
 @dataclass(frozen=True)
@@ -48,7 +68,9 @@ class ShadowResult:
 
     work: ShadowWork
     proba: np.ndarray | None
-    seconds: float  # the worker's scoring time of the batch the request was part of
+    # CPU seconds the worker spent scoring the batch the request was part of: what the
+    # challenger costs, not how long an idle-priority process waited for a CPU
+    seconds: float
     error: str | None = None
 
 
@@ -73,8 +95,9 @@ class ShadowScorer:
         on_result: Callable[[ShadowResult], None],
         on_drop: Callable[[int], None],
         wanted: Callable[[], Loaded | None] = lambda: None,
+        log_spec: LogSpec | None = None,
     ) -> None:
-        self.limit = limit
+        self.limit, self.log_spec = limit, log_spec
         self._on_result, self._on_drop, self._wanted = on_result, on_drop, wanted
         self._outbox: deque[tuple[int, ShadowWork]] = deque()
         self._pending: dict[int, ShadowWork] = {}  # queued here or at the worker
@@ -169,7 +192,7 @@ class ShadowScorer:
             by_version.setdefault(work.model.version, []).append((token, work))
         for group in by_version.values():
             child = self._child_for(group[0][1].model)
-            parts = [(token, len(work.rows)) for token, work in group]
+            parts = [(token, len(work.rows), work.ids, work.keys, work.at) for token, work in group]
             rows = [row for _, work in group for row in work.rows]
             child.send.send(("score", group[0][1].model.version, parts, rows))
 
@@ -190,7 +213,10 @@ class ShadowScorer:
         to_child_r, to_child_w = ctx.Pipe(duplex=False)
         from_child_r, from_child_w = ctx.Pipe(duplex=False)
         process = ctx.Process(
-            target=worker_main, args=(to_child_r, from_child_w), name="shadow", daemon=True
+            target=worker_main,
+            args=(to_child_r, from_child_w, self.log_spec),
+            name="shadow",
+            daemon=True,
         )
         process.start()
         to_child_r.close()
@@ -263,13 +289,38 @@ class ShadowScorer:
 # -- the worker process ---------------------------------------------------------------------------
 
 
-def worker_main(inbox: Any, outbox: Any) -> None:
-    """Score what the service sends until it sends None or goes away."""
-    with contextlib.suppress(OSError):
-        os.nice(NICE)
+def _lowest_priority() -> None:
+    """Run only on a CPU nothing else wants (SCHED_IDLE), else at the lowest nice level."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(NICE)
+
+
+Part = tuple[int, int, list[str], list[str], dt.datetime]  # token, rows, ids, keys, time
+
+
+def worker_main(inbox: Any, outbox: Any, spec: LogSpec | None = None) -> None:
+    """Score what the service sends until it sends None or goes away; log it (`spec`)."""
+    _lowest_priority()
     from driftloop.serving.models import limit_threads
 
     limit_threads()
+    log = None
+    if spec is not None:
+        log = predlog.PredictionLog(spec.wal, spec.rolled, spec.flush_seconds, spec.roll_every)
+        log.start()
+    try:
+        _serve(inbox, outbox, spec, log)
+    finally:
+        if log is not None:
+            log.close()  # written and rolled; the service versions the folder when it stops
+
+
+def _serve(
+    inbox: Any, outbox: Any, spec: LogSpec | None, log: predlog.PredictionLog | None
+) -> None:
     models: dict[str, tuple[Any, Any, Any, list[str]]] = {}
     while True:
         try:
@@ -284,13 +335,33 @@ def worker_main(inbox: Any, outbox: Any) -> None:
             models[version] = payload
             continue
         _, version, parts, rows = message
-        outbox.send(_score_parts(models.get(version), version, parts, rows))
+        done = _score_parts(models.get(version), version, parts, rows)
+        if log is not None and spec is not None and done[3] is None:
+            _log(log, spec, version, parts, rows, done[1])
+        outbox.send(done)
+
+
+def _log(
+    log: predlog.PredictionLog,
+    spec: LogSpec,
+    version: str,
+    parts: list[Part],
+    rows: list[dict[str, Any]],
+    results: list[tuple[int, np.ndarray | None]],
+) -> None:
+    offset = 0
+    for (_, n, ids, keys, at), (_, proba) in zip(parts, results, strict=True):
+        assert proba is not None
+        labels = (proba >= spec.threshold).astype(int)
+        mine = rows[offset : offset + n]
+        log.append(predlog.records(ids, at, version, "shadow", proba, labels, mine, keys))
+        offset += n
 
 
 def _score_parts(
     payload: tuple[Any, Any, Any, list[str]] | None,
     version: str,
-    parts: list[tuple[int, int]],
+    parts: list[Part],
     rows: list[dict[str, Any]],
 ) -> tuple[str, list[tuple[int, np.ndarray | None]], float, str | None]:
     """("done", [(token, proba of its rows)], seconds, error): one call for all the rows."""
@@ -298,7 +369,7 @@ def _score_parts(
 
     from driftloop.features import feature_frame
 
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time: the worker runs only when a CPU is idle
     try:
         if payload is None:
             raise RuntimeError(f"version {version} was never sent to the shadow worker")
@@ -308,10 +379,10 @@ def _score_parts(
         error = None
     except Exception as exc:
         proba, error = None, f"{type(exc).__name__}: {exc}"
-    seconds = time.perf_counter() - start
+    seconds = time.thread_time() - start
     out: list[tuple[int, np.ndarray | None]] = []
     offset = 0
-    for token, n in parts:
+    for token, n, *_ in parts:
         out.append((token, None if proba is None else proba[offset : offset + n]))
         offset += n
     return "done", out, seconds, error

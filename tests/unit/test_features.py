@@ -280,3 +280,24 @@ def test_explicit_labels_arrive_later_and_join_on_the_id(params: Params) -> None
     assert data.X["carrier"].tolist() == ["UA", "AA", "UA"]  # strings: encoded inside the model
     assert data.X["hour"].tolist() == [5.0, 5.0, 6.0]
     assert len(make_dataset(attach_labels(frame, labels, own), own)) == 2
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "expected"),
+    [
+        (["AA", None, "UA"], object, ["AA", None, "UA"]),
+        ([None, None], object, [None, None]),
+        ([7, None, 9], object, ["7", None, "9"]),
+        ([1.0, float("nan")], float, ["1.0", None]),
+        (["AA", 3], object, ["AA", "3"]),
+        (["AA", None], "string", ["AA", None]),
+    ],
+)
+def test_categorical_values_become_strings_and_missing_stays_missing(
+    values: list[object], dtype: object, expected: list[object]
+) -> None:
+    from driftloop.features import _categorical
+
+    out = _categorical(pd.Series(values, dtype=dtype))  # type: ignore[call-overload]
+    assert out.dtype == object
+    assert [None if v is None or v != v else v for v in out] == expected

@@ -23,7 +23,7 @@ from driftloop.serving.coalesce import Coalescer
 from driftloop.serving.models import History, Loaded, score
 from driftloop.serving.predlog import WAL_SUFFIX, PredictionLog, read_wal, record_line, records
 from driftloop.serving.schema import input_columns, needs_history, rows_adapter
-from driftloop.serving.shadow import ShadowResult, ShadowScorer, ShadowWork
+from driftloop.serving.shadow import LogSpec, ShadowResult, ShadowScorer, ShadowWork
 from tests.helpers import REPO_ROOT
 from tests.unit.test_features import daily, stocks, stocks_params
 
@@ -285,8 +285,8 @@ def _shadow_model(seattle: Params) -> tuple[Loaded, pd.DataFrame]:
     return Loaded(ref, model, params, rows_adapter(params), list(X.columns)), raw
 
 
-def test_the_shadow_worker_answers_each_request_with_its_rows_probabilities(
-    seattle: Params,
+def test_the_shadow_worker_answers_and_logs_each_request_with_its_rows_probabilities(
+    seattle: Params, tmp_path: Path
 ) -> None:
     loaded, raw = _shadow_model(seattle)
     rows = raw.to_dict("records")
@@ -298,10 +298,12 @@ def test_the_shadow_worker_answers_each_request_with_its_rows_probabilities(
         if len(results) == 3:
             done.set()
 
-    scorer = ShadowScorer(10, on_result, lambda n: None)
+    spec = LogSpec(tmp_path / "wal", tmp_path / "log", 0.1, dt.timedelta(days=1), 0.5)
+    scorer = ShadowScorer(10, on_result, lambda n: None, log_spec=spec)
+    at = dt.datetime(2026, 3, 1, 12, 30)
     works = [
         ShadowWork(
-            loaded, rows[a:b], [f"p{i}" for i in range(a, b)], [f"k{i}" for i in range(a, b)]
+            loaded, rows[a:b], [f"p{i}" for i in range(a, b)], [f"k{i}" for i in range(a, b)], at
         )
         for a, b in ((0, 5), (5, 6), (6, 40))
     ]
@@ -316,6 +318,13 @@ def test_the_shadow_worker_answers_each_request_with_its_rows_probabilities(
         first = int(result.work.ids[0][1:])
         assert result.error is None and result.proba is not None
         assert np.array_equal(result.proba, expected[first : first + len(result.work.rows)])
+    logged = pd.concat(pd.read_parquet(p) for p in (tmp_path / "log").glob("*.parquet"))
+    logged = logged.set_index("prediction_id").loc[[f"p{i}" for i in range(40)]]
+    assert (logged["variant"] == "shadow").all() and (logged["model_version"] == "7").all()
+    assert (logged["time"] == pd.Timestamp(at)).all()
+    assert logged["key"].tolist() == [f"k{i}" for i in range(40)]
+    assert np.array_equal(logged["probability"].to_numpy(), expected)
+    assert logged["label"].tolist() == (expected >= 0.5).astype(int).tolist()
 
 
 def test_shadow_work_beyond_the_limit_is_dropped_and_counted(seattle: Params) -> None:
@@ -325,8 +334,9 @@ def test_shadow_work_beyond_the_limit_is_dropped_and_counted(seattle: Params) ->
     scorer = ShadowScorer(2, lambda r: None, dropped.append)
     scorer._feeder = threading.Thread()  # no feeder: nothing leaves the queue (the worker is busy)
     try:
-        kept = [scorer.submit(ShadowWork(loaded, rows[:3], ["a", "b", "c"], ["a", "b", "c"]))]
-        kept += [scorer.submit(ShadowWork(loaded, rows[:1], ["d"], ["d"])) for _ in range(3)]
+        at = dt.datetime(2026, 1, 1)
+        kept = [scorer.submit(ShadowWork(loaded, rows[:3], ["a", "b", "c"], ["a", "b", "c"], at))]
+        kept += [scorer.submit(ShadowWork(loaded, rows[:1], ["d"], ["d"], at)) for _ in range(3)]
     finally:
         scorer._feeder = None
         scorer.stop()
