@@ -23,5 +23,5 @@ def run_service(params: Params, settings: Settings, host: str, port: int) -> Non
 
     check_bind(host)
     limit_threads()
-    app = create_app(params, settings)
+    app = create_app(params, settings, freeze_heap=True)  # this process serves only this app
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
