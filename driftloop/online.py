@@ -187,9 +187,22 @@ class LiveService:
         return sent
 
     def settle(self) -> None:
-        """Make the prediction log durable (what is still being scored in shadow lands by the
-        next step: an experiment is judged on every look, so a late row only waits a look)."""
-        self.app.state.service.log.flush()
+        """Wait until the challenger's shadow work is scored and logged (its worker runs at idle
+        priority and writes its own log, fsynced every `serve.flush_seconds`), then make the
+        service's log durable: the step's look at the experiment sees the step's rows."""
+        service = self.app.state.service
+        deadline = time.monotonic() + 4 * SYNC_SECONDS
+        shadowed = service.shadow.pending > 0
+        while service.shadow.pending:
+            if time.monotonic() > deadline:
+                raise OnlineReplayError(
+                    f"shadow work did not drain in {4 * SYNC_SECONDS:g} s "
+                    f"({service.shadow.pending} requests pending)"
+                )
+            time.sleep(0.05)
+        if shadowed:
+            time.sleep(self.params.serve.flush_seconds + 0.25)
+        service.log.flush()
 
     def follow_registry(self) -> dict[str, Any]:
         """Wait until the service serves what the registry and experiment file say now."""
