@@ -34,6 +34,10 @@ from driftloop.serving.models import Loaded
 log = logging.getLogger("driftloop.serving")
 
 NICE = 19  # where SCHED_IDLE is refused: the worker yields the CPU to everything else
+# The feeder sends what has queued every SEND_EVERY seconds, in one message: a few wake-ups of
+# the service's threads a second, not one per request (each costs the answering threads the GIL).
+SEND_EVERY = 0.05
+IDLE_CHECK = 0.5  # how often an idle feeder starts or stops the worker
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,7 @@ class ShadowScorer:
                 dropped = False
                 token = next(self._tokens)
                 self._pending[token] = work
-                self._outbox.append((token, work))
-                self._cond.notify()
+                self._outbox.append((token, work))  # no wake-up: the feeder comes by itself
         if dropped:
             self._on_drop(len(work.rows))
             return False
@@ -162,17 +165,19 @@ class ShadowScorer:
     # -- the feeder thread: starts the worker, sends it models and rows ---------------------------
 
     def _feed(self) -> None:
+        checked = 0.0
         while True:
             with self._cond:
-                if not self._outbox and not self._stopped:
-                    self._cond.wait(timeout=0.5)
+                if not self._stopped:
+                    self._cond.wait(timeout=SEND_EVERY)
                 if self._stopped:
                     return
                 batch = list(self._outbox)
                 self._outbox.clear()
             try:
                 self._send(batch)
-                if not batch:
+                if not batch and time.monotonic() - checked > IDLE_CHECK:
+                    checked = time.monotonic()
                     self._idle()
             except Exception as exc:  # the worker died: its work is dropped, a new one next time
                 log.error("shadow worker: %s: %s", type(exc).__name__, exc)
