@@ -303,7 +303,23 @@ def run_all(bench: Bench, load: Load, rounds: int) -> dict[str, dict[int, Figure
                     body = bench.features if kind == "mlflow" else bench.raw
                     figures = measure(urls[kind], body[size], load, fewer)
                     runs.setdefault((kind, size), []).append(figures)
+        scored, dropped = shadow_counts(urls["shadow"])
+        print(f"shadow: {scored:.0f} requests scored by the challenger, {dropped:.0f} rows dropped")
     return {kind: {size: median_figures(runs[(kind, size)]) for size in SIZES} for kind in KINDS}
+
+
+def shadow_counts(predict_url: str) -> tuple[float, float]:
+    """(shadow requests scored, shadow rows dropped) from the shadow server's /metrics."""
+    import httpx
+
+    text = httpx.get(predict_url.replace("/predict", "/metrics"), timeout=10).text
+    scored = dropped = 0.0
+    for line in text.splitlines():
+        if line.startswith("driftloop_predict_requests_total") and 'variant="shadow"' in line:
+            scored += float(line.split()[-1])
+        elif line.startswith("driftloop_shadow_dropped_total"):
+            dropped += float(line.split()[-1])
+    return scored, dropped
 
 
 def median_figures(runs: list[Figures]) -> Figures:
