@@ -1,4 +1,9 @@
-"""The FastAPI app: /predict, /feedback, /health, /metrics (and the OpenAPI docs)."""
+"""The FastAPI app: /predict, /feedback, /health, /metrics (and the OpenAPI docs).
+
+/predict parses and validates a request on the event loop, then hands it to the scoring thread,
+which scores the requests queued together in one call per variant (`coalesce.py`,
+`predict_batch`); a shadow experiment's challenger scores in a worker process (`shadow.py`).
+"""
 
 from __future__ import annotations
 
