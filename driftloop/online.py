@@ -101,6 +101,7 @@ class Served:
     rows: int
     requests: int
     versions: dict[str, int]
+    refused: int = 0  # rows the service refused (422: e.g. a null in a required column)
 
 
 class LiveService:
@@ -142,7 +143,10 @@ class LiveService:
         self.thread.join(timeout=SYNC_SECONDS)
 
     def _post(self, path: str, body: Any) -> Any:
-        response = self.http.post(path, json=body)
+        return self._ok(self.http.post(path, json=body), path)
+
+    @staticmethod
+    def _ok(response: Any, path: str) -> Any:
         if response.status_code != 200:
             raise OnlineReplayError(f"POST {path}: {response.status_code} {response.text[:300]}")
         return response.json()
@@ -157,15 +161,23 @@ class LiveService:
         columns = request_columns(self.params, frame)
         ordered = frame.sort_values(ts, kind="stable").reset_index(drop=True)
         versions: dict[str, int] = {}
-        requests = 0
+        requests = refused = 0
         for chunk in chunks(ordered, CHUNK_ROWS):
             self.clock.set(chunk[ts].max())
-            answers = self._post("/predict", {"records": records(chunk[columns])})["predictions"]
-            for answer in answers:
-                key = f"{answer['variant']} v{answer['model_version']}"
-                versions[key] = versions.get(key, 0) + 1
-            requests += 1
-        return Served(len(ordered), requests, versions)
+            rows = records(chunk[columns])
+            while rows:  # a 422 names its rows: a client drops them and sends the rest again
+                requests += 1
+                response = self.http.post("/predict", json={"records": rows})
+                bad = refused_rows(response) if response.status_code == 422 else set()
+                if bad:
+                    refused += len(bad)
+                    rows = [r for i, r in enumerate(rows) if i not in bad]
+                    continue
+                for answer in self._ok(response, "/predict")["predictions"]:
+                    key = f"{answer['variant']} v{answer['model_version']}"
+                    versions[key] = versions.get(key, 0) + 1
+                break
+        return Served(len(ordered) - refused, requests, versions, refused)
 
     def feedback(self, labels: pd.DataFrame) -> int:
         """Send labels by data id as they landed (the clock at each chunk's label time)."""
@@ -229,6 +241,12 @@ class LiveService:
                     f"wants {want}, serves { ({k: health.get(k) for k in want}) }"
                 )
             time.sleep(0.1)
+
+
+def refused_rows(response: Any) -> set[int]:
+    """Indexes of the rows a 422 names (`errors[].loc` = ["records", i, ...])."""
+    errors = response.json().get("errors") or []
+    return {e["loc"][1] for e in errors if len(e["loc"]) > 1 and isinstance(e["loc"][1], int)}
 
 
 def request_columns(params: Params, frame: pd.DataFrame) -> list[str]:
@@ -398,6 +416,7 @@ class OnlineStep(Step):
 
     arm: str = ""
     served: int = 0
+    refused: int = 0  # rows the service answered 422 (named by field), not sent again
     answered: dict[str, int] = field(default_factory=dict)  # rows per "variant vVERSION"
     labels_sent: int = 0
     source: str = ""

@@ -132,6 +132,7 @@ def to_online_step(
         **{**asdict(base), "promoted": base.promoted or promoted_online},
         arm=arm,
         served=traffic.served.rows,
+        refused=traffic.served.refused,
         answered=traffic.served.versions,
         labels_sent=traffic.labels_sent,
         source=str(outcome.get("source", "")),
