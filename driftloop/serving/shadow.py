@@ -19,6 +19,7 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -241,7 +242,7 @@ class ShadowScorer:
             child.send.send(None)
         child.process.join(timeout)
         if child.process.is_alive():
-            child.process.terminate()
+            child.process.kill()  # it ignores SIGTERM (see worker_main)
             child.process.join(timeout)
         with contextlib.suppress(Exception):
             child.send.close()
@@ -307,7 +308,13 @@ Part = tuple[int, int, list[str], list[str], dt.datetime]  # token, rows, ids, k
 
 
 def worker_main(inbox: Any, outbox: Any, spec: LogSpec | None = None) -> None:
-    """Score what the service sends until it sends None or goes away; log it (`spec`)."""
+    """Score what the service sends until it sends None or goes away; log it (`spec`).
+
+    Ctrl-C or a SIGTERM sent to the service's process group is the service's to handle: the
+    worker stops when the service says so or exits, and then closes its log (nothing lost).
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     _lowest_priority()
     from driftloop.serving.models import limit_threads
 

@@ -719,3 +719,45 @@ def test_a_real_shadow_experiment_is_followed_by_the_service_from_start_to_stop(
         shadow = test_client.app.state.service.shadow  # type: ignore[attr-defined]
         assert shadow.started == 1  # one worker process scored the shadow rows ...
         assert not poll(lambda: shadow.running, lambda running: not running, 10)  # ... and stopped
+
+
+def test_a_sigterm_to_the_process_group_leaves_the_shadow_workers_log_rolled(
+    served: Served, tmp_path: Path
+) -> None:
+    """The shadow worker leaves stopping to the service, which rolls both logs on its way out."""
+    from driftloop import experiments
+
+    served.set_champion(served.first)
+    client_ = served.project.mlflow_client()
+    client_.set_registered_model_alias("loan_default", "challenger", served.second)
+    params, settings = served.context(
+        reload_seconds=0.2, flush_seconds=0.2, experiment={"kind": "shadow"}
+    )
+    experiments.start_experiment(params, settings)
+    port = free_port()
+    server = _start(served, port, tmp_path / "serve.log")
+    try:
+        poll(
+            lambda: _health(port),
+            lambda h: h is not None and h["challenger_version"] == served.second,
+            90,
+        )
+        answers = _post(port, "/predict", {"records": served.rows(300, 6)})["predictions"]
+        ids = {a["prediction_id"] for a in answers}
+        poll(
+            lambda: read_prediction_log(params, settings),
+            lambda f: ids <= set(f.loc[f["variant"] == "shadow", "prediction_id"]),
+            30,
+        )
+        os.killpg(server.pid, signal.SIGTERM)  # the worker gets it too
+        server.wait(30)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
+        experiments.end_experiment(settings, params.train.model_name, "stopped", "test over")
+    assert not list(wal_dir(params, settings).glob("*.jsonl")), (tmp_path / "serve.log").read_text()
+    rolled = pd.concat(
+        pd.read_parquet(p) for p in settings.path(params.serve.log_dir).glob("*.parquet")
+    )
+    assert ids <= set(rolled.loc[rolled["variant"] == "shadow", "prediction_id"])
