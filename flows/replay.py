@@ -10,12 +10,25 @@ from prefect import flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from driftloop import online, replay
-from driftloop.config import flow_target, load_params
+from driftloop.config import FlowTarget, Params, flow_target, load_params
 from driftloop.errors import TrainingError
 from flows.experiments import evaluate_experiment_flow
 from flows.monitoring import monitor_flow
 from flows.training import context, training_flow
 from tasks import replay as r
+
+
+def initial_model(params: Params, where: FlowTarget) -> dict[str, Any]:
+    """The replay's first model, trained on the months up to `replay.initial_until`."""
+    first = training_flow(
+        source=params.data.source,
+        until=params.replay.initial_until,
+        trigger=replay.INITIAL_TRIGGER,
+        **where,
+    )
+    if not first.get("promoted"):
+        raise TrainingError(f"replay: the initial model was not promoted: {first.get('reason')}")
+    return first
 
 
 @flow(name="replay", log_prints=True)
@@ -34,11 +47,7 @@ def replay_flow(
     timeline: list[replay.Step] = []
     wparams = load_params(ws.params)
     source = wparams.data.source
-    first = training_flow(
-        source=source, until=wparams.replay.initial_until, trigger=replay.INITIAL_TRIGGER, **where
-    )
-    if not first.get("promoted"):
-        raise TrainingError(f"replay: the initial model was not promoted: {first.get('reason')}")
+    first = initial_model(wparams, where)
     previous = dt.date.fromisoformat(wparams.replay.initial_until)
     # The step subflows run inside this process, whose own run keeps its heartbeat; theirs
     # would each cost ~0.5 s at exit (the heartbeat thread is joined) for nothing.
@@ -81,11 +90,7 @@ def online_arm_flow(
     params, ws = context(project, params_file, home, tracking_uri)
     where = flow_target(ws)
     source = params.data.source
-    first = training_flow(
-        source=source, until=params.replay.initial_until, trigger=replay.INITIAL_TRIGGER, **where
-    )
-    if not first.get("promoted"):
-        raise TrainingError(f"replay: the initial model was not promoted: {first.get('reason')}")
+    initial_model(params, where)
     previous = dt.date.fromisoformat(params.replay.initial_until)
     clock = online.ReplayClock(online.end_of_day(previous))
     timeline: list[online.OnlineStep] = []

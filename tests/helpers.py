@@ -184,6 +184,20 @@ def write_fast_params(file: Path) -> None:
     file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def write_eager_flights_params(root: Path, name: str, end: str) -> Path:
+    """The flights example's params with a monitoring policy that always wants to retrain (every
+    numeric column counts as drifted) and a smaller model: a few weekly steps run the whole loop.
+    """
+    raw = yaml.safe_load((REPO_ROOT / "examples" / "flights" / "params.yaml").read_text())
+    raw["train"].update(cv_splits=2, hyperparams={"max_iter": 30, "max_depth": 3})
+    raw["monitor"].update(threshold=0.001, per_feature={}, drift_share=0.1, cooldown_days=0)
+    raw["replay"]["end"] = end
+    path = root / "models" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 def build_project(
     base: Path, template: Path, mp: pytest.MonkeyPatch, mlflow_db: Path | None
 ) -> Project:

@@ -15,10 +15,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
 
 from driftloop.config import Settings, load_params
-from tests.helpers import REPO_ROOT, Project
+from tests.helpers import Project, write_eager_flights_params
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +27,7 @@ DAYS = ["2013-03-07", "2013-03-14", "2013-03-21"]
 
 @pytest.fixture(scope="module")
 def flights_params(module_project: Project) -> Path:
-    raw = yaml.safe_load((REPO_ROOT / "examples" / "flights" / "params.yaml").read_text())
-    raw["train"].update(cv_splits=2, hyperparams={"max_iter": 30, "max_depth": 3})
-    raw["monitor"].update(threshold=0.001, per_feature={}, drift_share=0.1, cooldown_days=0)
-    raw["replay"]["end"] = DAYS[-1]
-    path = module_project.root / "models" / "flights-online.yaml"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return write_eager_flights_params(module_project.root, "flights-online", DAYS[-1])
 
 
 @pytest.fixture(scope="module")
