@@ -343,8 +343,8 @@ def _shadow_done(service: Service, result: ShadowResult) -> None:
     ok = result.proba is not None
     if not ok:
         log.error("shadow scoring failed: %s", result.error)
-    service.metrics.observe(SHADOW, result.work.model.version, result.seconds, ok)
-    _guardrail(service, ok, result.seconds * 1000, SHADOW)
+    service.metrics.observe(SHADOW, result.work.model.version, result.cost, ok)
+    _guardrail(service, ok, result.cost * 1000, SHADOW)
 
 
 def _shadow_model(service: Service) -> Loaded | None:

@@ -77,6 +77,15 @@ class ShadowResult:
     # challenger costs, not how long an idle-priority process waited for a CPU
     seconds: float
     error: str | None = None
+    batch_rows: int = 0  # rows of that batch (0: this request's own)
+
+    @property
+    def cost(self) -> float:
+        """This request's share of the batch's CPU seconds, by rows: what scoring it alone would
+        have cost (a worker starved for a while scores a backlog at once; each request is not
+        charged for all of it)."""
+        rows = len(self.work.rows)
+        return self.seconds * rows / max(self.batch_rows, rows, 1)
 
 
 @dataclass
@@ -263,12 +272,13 @@ class ShadowScorer:
             except (EOFError, OSError):
                 break
             _, results, seconds, error = message
-            for token, proba in results:
-                with self._cond:
-                    work = self._pending.pop(token, None)
+            with self._cond:
+                works = [(self._pending.pop(token, None), proba) for token, proba in results]
+            batch_rows = sum(len(w.rows) for w, _ in works if w is not None)
+            for work, proba in works:
                 if work is None:
                     continue
-                result = ShadowResult(work, proba, seconds, error)
+                result = ShadowResult(work, proba, seconds, error, batch_rows)
                 try:
                     self._on_result(result)
                 except Exception:

@@ -318,6 +318,10 @@ def test_the_shadow_worker_answers_and_logs_each_request_with_its_rows_probabili
     for result in results:
         first = int(result.work.ids[0][1:])
         assert result.error is None and result.proba is not None
+        # charged its rows' share of the batch it was scored in, never the whole batch
+        assert len(result.work.rows) <= result.batch_rows <= 40
+        share = len(result.work.rows) / result.batch_rows
+        assert result.cost == pytest.approx(result.seconds * share)
         assert np.array_equal(result.proba, expected[first : first + len(result.work.rows)])
     logged = pd.concat(pd.read_parquet(p) for p in (tmp_path / "log").glob("*.parquet"))
     logged = logged.set_index("prediction_id").loc[[f"p{i}" for i in range(40)]]
