@@ -424,6 +424,9 @@ def replay(
         if online:
             if experiment not in ("shadow", "ab", "canary"):
                 raise ConfigError(f"--experiment {experiment!r}: must be shadow, ab or canary")
+            from driftloop.online import check_online
+
+            check_online(_context()[0])  # before any flow starts: one line, no traceback
             from flows.replay import online_replay_flow
 
             summary = online_replay_flow(steps=steps, experiment=experiment, **where)

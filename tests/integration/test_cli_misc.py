@@ -154,6 +154,17 @@ def test_status_of_a_new_project_creates_no_store(workspace: Path) -> None:
     assert not (workspace / ".driftloop" / "mlflow.db").exists()
 
 
+def test_an_online_replay_of_a_forecast_model_is_refused_in_one_line(workspace: Path) -> None:
+    """Seattle's labels are later rows, never sent back: refused before any flow or workspace."""
+    result = cli("replay", "--online", "--steps", "1")
+    assert result.exit_code == 2 and "target.forecast" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (workspace / ".driftloop" / "replay").exists()
+    flights = str(REPO_ROOT / "examples" / "flights" / "params.yaml")
+    wrong = cli("--params", flights, "replay", "--online", "--experiment", "x")
+    assert wrong.exit_code == 2 and "must be shadow, ab or canary" in wrong.stderr
+
+
 def test_unreachable_tracking_store_fails_fast_with_one_line(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
