@@ -194,6 +194,24 @@ def loan_params(project: Project) -> Path:
     return write_params(project, "loans", raw)
 
 
+def trained_loans(
+    project: Project, seed: int, labelled: int
+) -> tuple[Path, pd.DataFrame, dict[str, Any]]:
+    """1,000 loan applications ingested, the first `labelled` labels ingested, and the first
+    model trained and promoted (1,200 are generated: the last 200 are for serving)."""
+    root = project.root
+    table = loans(1200, "2014-01-01", seed=seed)
+    table.drop(columns="defaulted").iloc[:1000].to_csv(root / "applications.csv", index=False)
+    table.iloc[:labelled][["loan_id", "defaulted"]].to_csv(root / "labels-1.csv", index=False)
+    params_file = loan_params(project)
+    p = ["--params", str(params_file)]
+    assert cli(*p, "ingest", str(root / "applications.csv")).exit_code == 0
+    assert cli(*p, "ingest", "--labels", str(root / "labels-1.csv")).exit_code == 0
+    first: dict[str, Any] = cli(*p, "train", "--json").json()
+    assert first["promoted"] is True, first
+    return params_file, table, first
+
+
 @pytest.fixture(scope="module")
 def lending(module_project: Project) -> tuple[Project, Path, pd.DataFrame]:
     root = module_project.root

@@ -23,7 +23,7 @@ from driftloop.serving.app import _validate, create_app, predict_batch
 from driftloop.sources import load_seattle
 from tests.helpers import Project, cli
 from tests.integration.conftest_loop import AS_OF, TRAIN_UNTIL, retrain_claims, with_champion
-from tests.integration.test_event_tables import loan_params, loans
+from tests.integration.test_event_tables import trained_loans
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -144,15 +144,7 @@ def test_coalesced_requests_see_the_history_they_see_one_by_one(
 
 @pytest.fixture
 def loan_context(project: Project) -> Iterator[tuple[Params, Settings, pd.DataFrame]]:
-    root = project.root
-    table = loans(1200, "2014-01-01", seed=5)
-    table.drop(columns="defaulted").iloc[:1000].to_csv(root / "applications.csv", index=False)
-    table.iloc[:1000][["loan_id", "defaulted"]].to_csv(root / "labels-1.csv", index=False)
-    params_file = loan_params(project)
-    p = ["--params", str(params_file)]
-    assert cli(*p, "ingest", str(root / "applications.csv")).exit_code == 0
-    assert cli(*p, "ingest", "--labels", str(root / "labels-1.csv")).exit_code == 0
-    assert cli(*p, "train", "--json").json()["promoted"] is True
+    params_file, table, _ = trained_loans(project, seed=5, labelled=1000)
     params, settings = load_context(params_file=params_file)
     yield params, settings, table
 

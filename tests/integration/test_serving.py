@@ -35,7 +35,7 @@ from driftloop.serving.feedback import feedback_labels, flush_feedback, read_fee
 from driftloop.serving.predlog import read_prediction_log, wal_dir
 from driftloop.serving.security import check_bind
 from tests.helpers import BIN_DIR, Project, cli, poll, subprocess_env
-from tests.integration.test_event_tables import free_port, loan_params, loans
+from tests.integration.test_event_tables import free_port, trained_loans
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -79,17 +79,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(module_project: Project) -> Served:
-    root = module_project.root
-    table = loans(1200, "2014-01-01", seed=3)
-    table.drop(columns="defaulted").iloc[:1000].to_csv(root / "applications.csv", index=False)
-    table.iloc[:700][["loan_id", "defaulted"]].to_csv(root / "labels-1.csv", index=False)
-    params_file = loan_params(module_project)
-    p = ["--params", str(params_file)]
-    assert cli(*p, "ingest", str(root / "applications.csv")).exit_code == 0
-    assert cli(*p, "ingest", "--labels", str(root / "labels-1.csv")).exit_code == 0
-    first = cli(*p, "train", "--json").json()
-    assert first["promoted"] is True, first
-    second = cli(*p, "train", "--no-promote", "--json").json()
+    params_file, table, first = trained_loans(module_project, seed=3, labelled=700)
+    second = cli("--params", str(params_file), "train", "--no-promote", "--json").json()
     return Served(module_project, params_file, table, first["version"], second["version"])
 
 
@@ -682,17 +673,20 @@ def test_kill_9_loses_no_flushed_prediction_and_a_restart_rolls_what_was_left(
     assert settings.path(params.serve.log_dir).with_suffix(".dvc").is_file()
 
 
+def _shadow_setup(served: Served) -> tuple[Params, Settings]:
+    """v1 champion, v2 challenger, a shadow experiment declared (not started)."""
+    served.set_champion(served.first)
+    client_ = served.project.mlflow_client()
+    client_.set_registered_model_alias("loan_default", "challenger", served.second)
+    return served.context(reload_seconds=0.2, flush_seconds=0.2, experiment={"kind": "shadow"})
+
+
 def test_a_real_shadow_experiment_is_followed_by_the_service_from_start_to_stop(
     served: Served,
 ) -> None:
     from driftloop import experiments
 
-    served.set_champion(served.first)
-    client_ = served.project.mlflow_client()
-    client_.set_registered_model_alias("loan_default", "challenger", served.second)
-    params, settings = served.context(
-        reload_seconds=0.2, flush_seconds=0.2, experiment={"kind": "shadow"}
-    )
+    params, settings = _shadow_setup(served)
     with TestClient(create_app(params, settings)) as test_client:
         experiments.start_experiment(params, settings)
         try:
@@ -727,12 +721,7 @@ def test_a_sigterm_to_the_process_group_leaves_the_shadow_workers_log_rolled(
     """The shadow worker leaves stopping to the service, which rolls both logs on its way out."""
     from driftloop import experiments
 
-    served.set_champion(served.first)
-    client_ = served.project.mlflow_client()
-    client_.set_registered_model_alias("loan_default", "challenger", served.second)
-    params, settings = served.context(
-        reload_seconds=0.2, flush_seconds=0.2, experiment={"kind": "shadow"}
-    )
+    params, settings = _shadow_setup(served)
     experiments.start_experiment(params, settings)
     port = free_port()
     server = _start(served, port, tmp_path / "serve.log")
