@@ -466,7 +466,7 @@ def log_monitoring(params: Params, settings: Settings, result: MonitorResult) ->
         metrics["n_labelled"] = float(perf.n_labelled)
         metrics["n_pending"] = float(perf.n_pending)
     with mlflow.start_run(run_name=f"monitor-{result.as_of}") as run:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+        registry.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
         tags = MonitorRun(
             as_of=result.as_of,
             action=result.decision.action,

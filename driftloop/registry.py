@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
+import posixpath
+import re
 import sqlite3
 import warnings
 from dataclasses import dataclass
@@ -214,6 +217,36 @@ class RunRecord:
     dataset_digest: str
 
 
+_REFUSED = re.compile(r"[^\w\-. :/]")  # MLflow takes word characters, - . space : and /
+
+
+def metric_name(raw: str) -> str:
+    """A metric (or param) name MLflow accepts, readable and unique per raw name.
+
+    Characters MLflow refuses (`€`, `%`, `+`, `(`, `#`, ...) become `_`, as does a `/` that
+    would make an unnormalised path; a name that changed gets a short hash of the raw name, so
+    two segment values never share a metric.
+    """
+    clean = _REFUSED.sub("_", raw)
+    if posixpath.normpath(clean) != clean or clean.startswith("/"):
+        clean = clean.replace("/", "_")
+    if clean == raw:
+        return raw[:250]
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:6]
+    return f"{clean[:240]}-{digest}"
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    """Log metrics under names MLflow accepts; the raw names are kept in `metric_names.json`."""
+    import mlflow
+
+    names = {raw: metric_name(raw) for raw in metrics}
+    mlflow.log_metrics({names[k]: float(v) for k, v in metrics.items()})
+    renamed = {clean: raw for raw, clean in names.items() if clean != raw}
+    if renamed:
+        mlflow.log_dict(renamed, "metric_names.json")
+
+
 def log_training_run(
     settings: Settings,
     experiment: str,
@@ -233,8 +266,8 @@ def log_training_run(
     ensure_experiment(settings, experiment)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as run:
-        mlflow.log_params(record.params)
-        mlflow.log_metrics(record.metrics)
+        mlflow.log_params({metric_name(k): v for k, v in record.params.items()})
+        log_metrics(record.metrics)
         mlflow.set_tags(record.tags)
         mlflow.log_input(_dataset(record), context="training")
         for name, payload in record.artifacts.items():

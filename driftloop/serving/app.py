@@ -136,7 +136,7 @@ def _validate(rows: list[Any], adapter: TypeAdapter[list[BaseModel]]) -> list[di
         ]
         first = errors[0]
         raise ApiError(422, f"{first['field']}: {first['msg']}", errors) from None
-    return [p.model_dump() for p in parsed]
+    return [p.model_dump(by_alias=True) for p in parsed]
 
 
 def _field(loc: tuple[Any, ...]) -> str:

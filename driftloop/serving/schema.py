@@ -66,7 +66,11 @@ Timestamp = Annotated[dt.datetime, AfterValidator(_naive_utc)]
 def _field(name: str, params: Params, required: bool) -> tuple[Any, Any]:
     data = params.data
     if name == data.timestamp_column:
-        return (Timestamp, ...) if required else (Timestamp | None, None)
+        return (
+            (Timestamp, Field(..., alias=name))
+            if required
+            else (Timestamp | None, Field(None, alias=name))
+        )
     spec = data.columns[name]
     kind = _annotation(spec)
     limits: dict[str, Any] = {}
@@ -77,8 +81,8 @@ def _field(name: str, params: Params, required: bool) -> tuple[Any, Any]:
     if spec.max is not None and kind in (int, float):
         limits["le"] = spec.max
     if required and spec.required:
-        return (kind, Field(..., **limits))
-    return (kind | None, Field(None, **limits))
+        return (kind, Field(..., alias=name, **limits))
+    return (kind | None, Field(None, alias=name, **limits))
 
 
 class _Row(BaseModel):
@@ -86,12 +90,16 @@ class _Row(BaseModel):
 
 
 def row_model(params: Params) -> type[BaseModel]:
-    """A pydantic model of one request row for this model's feature step."""
+    """A pydantic model of one request row for this model's feature step.
+
+    Fields carry the column names as aliases (any text: spaces, punctuation, a leading
+    underscore, a name BaseModel uses itself); dump rows with `by_alias=True`.
+    """
     fields: dict[str, Any] = {}
-    for name in input_columns(params):
-        fields[name] = _field(name, params, required=True)
-    for name in optional_columns(params):
-        fields[name] = _field(name, params, required=False)
+    names = [(n, True) for n in input_columns(params)]
+    names += [(n, False) for n in optional_columns(params)]
+    for i, (name, required) in enumerate(names):
+        fields[f"c{i}"] = _field(name, params, required=required)
     model: type[BaseModel] = create_model("PredictRow", __base__=_Row, **fields)
     return model
 

@@ -47,10 +47,30 @@ def test_a_request_row_carries_the_feature_steps_raw_inputs(
     assert {"carrier", "origin", "dest", "distance"} <= set(input_columns(flights))
 
 
+def test_column_names_with_unicode_spaces_and_punctuation_make_a_valid_schema() -> None:
+    """Any column name works, including ones BaseModel uses itself or a leading underscore."""
+    from driftloop.config import parse_params
+    from tests import owndata
+
+    raw = owndata.params("events.csv")
+    raw["data"]["columns"] |= {"_id": {"dtype": "str"}, "json": {"dtype": "float"}}
+    raw["features"]["numerical"] += ["json"]
+    raw["serve"] = {"experiment": {"sticky_key": "_id"}}
+    params = parse_params(raw)
+    row = {owndata.AMOUNT: 12.5, owndata.STORE: "Café Zürich", owndata.CHANNEL: "web"}
+    row |= {owndata.NEW: True, "json": 1.0, "_id": "c-1"}
+    (parsed,) = rows_adapter(params).validate_python([row])
+    assert parsed.model_dump(by_alias=True) == {**row, owndata.ID: None}  # the id: optional
+    with pytest.raises(ValidationError) as err:
+        rows_adapter(params).validate_python([{**row, owndata.AMOUNT: "lots"}])
+    assert err.value.errors()[0]["loc"] == (0, owndata.AMOUNT)
+
+
 def test_the_row_schema_names_the_bad_field(seattle: Params) -> None:
     adapter = rows_adapter(seattle)
     good = {"date": "2015-01-02", "precipitation": 0.0, "temp_max": 9, "temp_min": 2, "wind": 3}
-    assert adapter.validate_python([good])[0].model_dump()["date"] == dt.datetime(2015, 1, 2)
+    parsed = adapter.validate_python([good])[0].model_dump(by_alias=True)
+    assert parsed["date"] == dt.datetime(2015, 1, 2)
     for bad, field in (
         ({**good, "wind": float("nan")}, "wind"),
         ({**good, "wind": "breezy"}, "wind"),
@@ -65,7 +85,7 @@ def test_the_row_schema_names_the_bad_field(seattle: Params) -> None:
 def test_times_with_an_offset_become_naive_utc(seattle: Params) -> None:
     row = {"date": "2015-01-02T01:00:00+02:00", "precipitation": 0, "temp_max": 9}
     row |= {"temp_min": 2, "wind": 3}
-    parsed = rows_adapter(seattle).validate_python([row])[0].model_dump()
+    parsed = rows_adapter(seattle).validate_python([row])[0].model_dump(by_alias=True)
     assert parsed["date"] == dt.datetime(2015, 1, 1, 23, 0)
 
 
