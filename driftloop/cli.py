@@ -179,18 +179,26 @@ def _fail(exc: DriftloopError) -> None:
 @app.command()
 def ingest(
     file: str = typer.Argument(None, help="A CSV/Parquet batch file (default: params data.source)"),
-    source: str = typer.Option(None, help="A bundled source or a file path (overrides params)"),
+    source: str = typer.Option(
+        None, help="A bundled source, a file, or a folder/glob of drops (overrides params)"
+    ),
     until: str = typer.Option(None, help="Ingest the source only up to this date (YYYY-MM-DD)"),
     labels: str = typer.Option(
-        None, "--labels", help="A label batch file (join column, label, optional label time)"
+        None,
+        "--labels",
+        help="A label batch file (join column, label, optional label time); "
+        "'source' reads labels.source",
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
-    """Gate a batch with Great Expectations and version it with DVC (or quarantine it).
+    """Gate what is new at a source with Great Expectations and version it with DVC.
 
-    Examples: `driftloop ingest batch.csv`, `driftloop ingest --until 2013-06-30`,
-    `driftloop ingest --labels labels.csv` (labels that arrive later, joined on the id).
-    Exit 3: the path is not a readable file; exit 4: the batch failed the gate (quarantined).
+    Re-running is safe: rows already accepted are skipped, so a file that grows, a folder of
+    drops or a table can be ingested again and again; an accepted key with other values is
+    refused (quarantined). Examples: `driftloop ingest` (params data.source),
+    `driftloop ingest batch.csv`, `driftloop ingest --until 2013-06-30`,
+    `driftloop ingest --labels labels.csv`, `driftloop ingest --labels source`.
+    Exit 3: the path is not a readable file; exit 4: a batch failed the gate (quarantined).
     """
     from driftloop import ingest as stage
 
@@ -199,24 +207,26 @@ def ingest(
             params, settings = _context()
             stop = until if until is not None else params.data.until
             if labels is not None:
-                raw = stage.read_next_labels(params, settings, labels, stop)
-                result = stage.ingest_labels(params, settings, raw)
+                given = None if labels == "source" else _given_file(labels)
+                result = stage.ingest_label_source(params, settings, given, stop)
+            elif file is not None:
+                result = stage.ingest_source(params, settings, _given_file(file), stop)
             else:
-                src = file or source or params.data.source
-                raw = stage.read_next_batch(params, settings, src, stop)
-                result = stage.ingest(params, settings, raw)
+                result = stage.ingest_source(params, settings, source, stop)
         except DriftloopError as exc:
             _fail(exc)
             return
         kind = "labels" if labels is not None else "rows"
-        text = (
-            f"{result.origin}: nothing new to ingest (data md5 {result.data_md5 or '-'})"
-            if result.nothing_new
-            else f"accepted {result.rows} {kind} {result.first}..{result.last} -> {result.path} "
-            f"(data md5 {result.data_md5})"
-        )
-        payload = {**result.__dict__, "path": str(result.path) if result.path else None}
-        _emit(payload, as_json, text)
+        _emit(result.to_dict(), as_json, result.message(kind))
+
+
+def _given_file(path: str) -> Any:
+    """A file named on the command line (relative to the working directory) as a source."""
+    from pathlib import Path
+
+    from driftloop.config import SourceSpec
+
+    return SourceSpec(kind="file", path=str(Path(path).absolute()))
 
 
 @app.command()

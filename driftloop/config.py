@@ -101,11 +101,82 @@ class ColumnSpec(_Strict):
         return self
 
 
+SourceKind = Literal["bundled", "file", "folder", "sql"]
+READABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+_GLOB_CHARS = frozenset("*?[")
+
+
+class SourceSpec(_Strict):
+    """Where batches come from: a bundled example, a file that may grow, a folder (or glob) of
+    drops, or a SQL table or query read by a time watermark.
+
+    In a params file a plain string is enough for the first three: a bundled name
+    (`seattle`, `flights`), a `.csv`/`.parquet` path (a file), anything else a folder or a glob
+    (`drops/*.parquet`). A SQL source is a mapping; its URL comes from the environment variable
+    named by `url_env`, never from params (it may hold a password).
+    """
+
+    kind: SourceKind
+    name: str | None = None  # bundled: the example's name
+    path: str | None = None  # file: the file; folder: a folder or a glob (relative to the project)
+    url_env: str = "DRIFTLOOP_SOURCE_URL"  # sql: the variable holding the SQLAlchemy URL
+    table: str | None = None  # sql: a table (optionally schema.table) ...
+    query: str | None = None  # ... or a SELECT whose rows are read
+    # sql: rows are read after the newest value seen in this column (default: the time column:
+    # the event time for data, labels.time_column for labels); an insertion time catches late rows
+    watermark_column: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> SourceSpec:
+        needs = {"bundled": "name", "file": "path", "folder": "path"}
+        if self.kind in needs and not getattr(self, needs[self.kind]):
+            raise ValueError(f"a {self.kind} source needs `{needs[self.kind]}`")
+        if self.kind == "bundled" and self.name not in BUNDLED_SOURCES:
+            raise ValueError(f"bundled sources are {list(BUNDLED_SOURCES)}, got {self.name!r}")
+        if self.kind == "sql":
+            if (self.table is None) == (self.query is None):
+                raise ValueError("a sql source needs exactly one of `table` or `query`")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.url_env):
+                raise ValueError(f"url_env must name an environment variable, got {self.url_env!r}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How the source is named in messages and batch origins."""
+        if self.kind == "bundled":
+            return f"bundled:{self.name}"
+        if self.kind == "sql":
+            return f"sql:{self.table or 'query'}"
+        return str(self.path)
+
+
+def source_spec(value: Any) -> Any:
+    """A source from params: a mapping as it is, or a string (bundled name, file, folder/glob)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        raise ValueError("a source cannot be empty")
+    if text in BUNDLED_SOURCES:
+        return {"kind": "bundled", "name": text}
+    if text.lower().startswith(("postgresql:", "postgres:", "mysql:", "sqlite:", "mssql:")):
+        raise ValueError(
+            "a database URL does not belong in params (it may hold a password): use "
+            "{kind: sql, url_env: VARIABLE, table: ...} and set VARIABLE in the environment"
+        )
+    is_file = Path(text).suffix.lower() in READABLE_SUFFIXES and not (_GLOB_CHARS & set(text))
+    return {"kind": "file" if is_file else "folder", "path": text}
+
+
 class DataParams(_Strict):
     """The data contract: what one row is, which columns it has, where batches live."""
 
-    source: str = "seattle"  # a bundled example ("seattle", "flights") or a CSV/Parquet path
+    # where batches come from (see SourceSpec): "seattle", "export.csv", "drops/*.parquet", ...
+    source: SourceSpec = SourceSpec(kind="bundled", name="seattle")
     until: str | None = None
+    # A row with a new key older than the newest accepted timestamp minus this is refused
+    # (None: no limit). SQL sources read from the newest accepted time minus this.
+    lateness: str | None = None
     timestamp_column: str = "timestamp"  # event time; many rows may share one
     id_column: str | None = None  # unique row key; required when labels arrive separately
     entity_columns: list[str] = Field(default_factory=list)  # lags/forecasts per entity
@@ -118,6 +189,10 @@ class DataParams(_Strict):
 
     _until_is_date = field_validator("until", mode="before")(lambda v: _iso_date(v, True))
     _frequency = field_validator("frequency", mode="before")(lambda v: _offset(v, True))
+    _source = field_validator("source", mode="before")(source_spec)
+    _lateness = field_validator("lateness", mode="before")(
+        lambda v: None if v is None else _timedelta(v)
+    )
 
     @model_validator(mode="after")
     def _keys_are_columns(self) -> DataParams:
@@ -189,6 +264,13 @@ class LabelParams(_Strict):
 
     join_column: str | None = None  # default: data.id_column
     time_column: str | None = None  # when the label became known (default: when ingested)
+    # where label batches come from (file, folder, sql; see SourceSpec); None: a bundled
+    # example's own labels, else only `driftloop ingest --labels FILE`
+    source: SourceSpec | None = None
+
+    _source = field_validator("source", mode="before")(
+        lambda v: None if v is None else source_spec(v)
+    )
 
 
 class ValidationParams(_Strict):
@@ -464,6 +546,11 @@ class Params(_Strict):
             raise ValueError(
                 f"evaluation.segments: names neither columns nor {list(DERIVED_SEGMENTS)}: "
                 f"{unknown_segments}"
+            )
+        if self.labels.source is not None and self.target.column is None:
+            raise ValueError(
+                "labels.source: a forecast target is computed from later rows; it takes no "
+                "label batches"
             )
         if self.target.column is not None and data.columns[self.target.column].required:
             raise ValueError(

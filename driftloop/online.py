@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from driftloop import datastore, registry, stages
-from driftloop.config import Params, Settings
+from driftloop.config import Params, Settings, SourceSpec
 from driftloop.errors import ConfigError, DriftloopError
 from driftloop.replay import INITIAL_TRIGGER, Step
 
@@ -291,24 +291,42 @@ class StepTraffic:
 
 
 def serve_step(
-    params: Params, settings: Settings, live: LiveService, source: str, as_of: dt.date
+    params: Params, settings: Settings, live: LiveService, as_of: dt.date
 ) -> StepTraffic:
     """The step's batch (ingested through the gates, then served) and the labels landed by
     `as_of` (sent back, then turned into a label batch through the label gate)."""
     from driftloop import ingest
     from driftloop.serving.feedback import flush_feedback
 
-    batch = ingest.read_next_batch(params, settings, source, as_of.isoformat())
-    ingest.ingest(params, settings, batch, version=False)
+    batch = ingest.ingest_source(params, settings, None, as_of, version=False)
     served = live.predict(batch.frame)
-    label_source = ingest.label_source_for(params, source, None)
     sent = 0
-    if label_source is not None:
-        labels = ingest.read_next_labels(params, settings, label_source, as_of.isoformat())
-        sent = live.feedback(labels.frame)
+    if (label_source := ingest.label_spec(params)) is not None:
+        sent = live.feedback(landed_labels(params, settings, label_source, as_of))
     live.settle()
     flushed = flush_feedback(params, settings, push=False)
     return StepTraffic(served, sent, flushed.sent, flushed.pending)
+
+
+def landed_labels(
+    params: Params, settings: Settings, source: SourceSpec, as_of: dt.date
+) -> pd.DataFrame:
+    """Labels known by `as_of` at the label source and not accepted yet (sent as feedback).
+
+    The source is read without moving its ledger: these labels are ingested later, by
+    `flush_feedback`, through the label gate.
+    """
+    from driftloop.sources import Role, SourceLedger, read_source
+
+    known = datastore.load_labels(settings.path(params.data.labels_dir), params)
+    after = known[datastore.LABEL_TIME].max() if len(known) else None
+    ledger = SourceLedger(settings.state_dir / "sources" / "online-replay.json", "labels")
+    read = read_source(source, Role.labels(params), settings, ledger, after=after, until=as_of)
+    if not read.batches:
+        return pd.DataFrame()
+    frame = pd.concat([b.frame for b in read.batches], ignore_index=True)
+    join, _ = datastore.label_columns(params)
+    return frame[~frame[join].isin(known[join])].reset_index(drop=True)
 
 
 def end_of_day(day: dt.date) -> dt.datetime:

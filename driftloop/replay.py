@@ -58,11 +58,19 @@ def step_dates(params: Params) -> list[dt.date]:
 
 
 def workspace_params(
-    params: Params, stamp: str, changes: dict[str, dict[str, Any]] | None = None
+    params: Params,
+    stamp: str,
+    changes: dict[str, dict[str, Any]] | None = None,
+    project: Path | None = None,
 ) -> dict[str, Any]:
     """The replay's params: the project's, with its own registered model and experiments
-    (`changes`: sections updated on top, e.g. {"promote": {"via": "experiment"}})."""
+    (`changes`: sections updated on top, e.g. {"promote": {"via": "experiment"}}); file and
+    folder sources made absolute against the `project` they were written for."""
     raw = params.model_dump(mode="json")
+    for section in ("data", "labels"):
+        source = raw[section].get("source")
+        if project is not None and source and source.get("kind") in ("file", "folder"):
+            source["path"] = str((project / source["path"]).resolve())
     for section, values in (changes or {}).items():
         raw[section] = _merged(raw.get(section) or {}, values)
     raw["train"]["model_name"] = f"{params.train.model_name}_replay_{stamp}"
@@ -96,7 +104,11 @@ def prepare_workspace(
     root.mkdir(parents=True, exist_ok=False)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     (root / "params.yaml").write_text(
-        yaml.safe_dump(workspace_params(params, stamp, changes), sort_keys=False)
+        yaml.safe_dump(
+            workspace_params(params, stamp, changes, settings.project),
+            sort_keys=False,
+            allow_unicode=True,
+        )
     )
     with contextlib.redirect_stdout(sys.stderr):  # "Initialized DVC repository." is chatter
         repo = Repo.init(str(root))

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from driftloop.config import CATEGORICAL_DTYPES, ColumnSpec, Params
+from driftloop.config import ColumnSpec, Params
 from driftloop.datastore import as_ns, label_columns
 
 SUITE_NAME = "driftloop_batch"
@@ -113,14 +113,15 @@ class ValidationReport:
         return " ".join("; ".join(parts).split())
 
     def _causes(self) -> str:
-        """Failed labels, leaving out the follow-on failures on columns that do not exist."""
+        """Failed labels, leaving out the follow-on failures on columns that do not exist; the
+        rows a derived rule flags are named (e.g. the keys accepted with other values)."""
         missing = {o.column for o in self.failures if o.expectation == COLUMN_EXISTS}
         shown = [
             o for o in self.failures if o.expectation == COLUMN_EXISTS or o.column not in missing
         ]
         hidden = len(self.failures) - len(shown)
         more = f" (+{hidden} more on missing columns)" if hidden else ""
-        return ", ".join(o.label for o in shown) + more
+        return ", ".join(_with_examples(o) for o in shown) + more
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict whose content depends only on the data and the params."""
@@ -134,11 +135,21 @@ class ValidationReport:
         }
 
 
+def _with_examples(outcome: ExpectationOutcome) -> str:
+    """An outcome's label, with the rows it flags when it is one of the derived rules."""
+    derived = outcome.column is not None and ":" in outcome.column
+    if not derived or not isinstance(outcome.observed, list) or not outcome.observed:
+        return outcome.label
+    shown = ", ".join(str(v) for v in outcome.observed[:3])
+    more = ", ..." if len(outcome.observed) > 3 else ""
+    return f"{outcome.label} [{shown}{more}]"
+
+
 # -- what accepted data looks like ------------------------------------------------------------
 
 
-def _empty_keys() -> pd.Index:
-    return pd.Index(np.array([], dtype="uint64"))
+def _empty_hashes() -> np.ndarray:
+    return np.zeros(0, dtype="uint64")
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,34 +158,37 @@ class History:
 
     Attributes:
         rows: accepted rows.
-        keys: hashes of the accepted row keys (`data.key_columns`), see `key_hashes`.
+        keys: hashes of the accepted row keys (`data.key_columns`), sorted (`profiles.key_hashes`).
         categories: values seen per categorical feature column without `allowed`.
         quantiles: (lower, upper) `validation.distribution_quantiles` per numeric column.
+        identities: hashes of the accepted rows' values, aligned with `keys`.
+        newest: the newest accepted timestamp (None: nothing accepted).
     """
 
     rows: int = 0
-    keys: pd.Index = field(default_factory=_empty_keys)
+    keys: np.ndarray = field(default_factory=_empty_hashes)
     categories: Mapping[str, frozenset[Any]] = field(default_factory=dict)
     quantiles: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    identities: np.ndarray = field(default_factory=_empty_hashes)
+    newest: pd.Timestamp | None = None
 
+    def classify(self, frame: pd.DataFrame, params: Params) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: (an exact repeat of an accepted row, an accepted key with other values)."""
+        from driftloop.profiles import AcceptedProfile, ProfileSpec, identity_hashes, key_hashes
 
-def key_hashes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """A 64-bit hash per row of its key columns (timestamps as datetime64[ns])."""
-    keys = frame[columns]
-    times = [c for c in columns if pd.api.types.is_datetime64_any_dtype(keys[c])]
-    if times:
-        keys = keys.assign(**{c: as_ns(keys[c]) for c in times})
-    return pd.util.hash_pandas_object(keys, index=False).to_numpy()
+        spec = ProfileSpec.of(params)
+        if not set(spec.keys) <= set(frame.columns) or frame.empty:
+            none = np.zeros(len(frame), dtype=bool)
+            return none, none.copy()
+        accepted = AcceptedProfile(self.rows, self.keys, self.identities)
+        return accepted.classify(key_hashes(frame, spec.keys), identity_hashes(frame, spec))
 
 
 def category_columns(params: Params) -> list[str]:
     """Categorical feature columns (str/category) without `allowed`: unseen values are limited."""
-    columns = params.data.columns
-    return [
-        name
-        for name in params.features.categorical
-        if columns[name].dtype in CATEGORICAL_DTYPES and columns[name].allowed is None
-    ]
+    from driftloop.profiles import category_columns as columns
+
+    return columns(params)
 
 
 def numeric_columns(params: Params) -> list[str]:
@@ -184,26 +198,29 @@ def numeric_columns(params: Params) -> list[str]:
     return [n for n, s in data.columns.items() if s.dtype in NUMERIC_DTYPES and n not in keys]
 
 
+def history_of(profile: Any, params: Params) -> History:
+    """The History of a `profiles.AcceptedProfile` (merged batch summaries)."""
+    if profile.rows == 0:
+        return History()
+    low, high = params.validation.distribution_quantiles
+    return History(
+        profile.rows,
+        profile.keys,
+        profile.categories,
+        profile.quantiles(low, high),
+        profile.identities,
+        profile.newest,
+    )
+
+
 def build_history(accepted: pd.DataFrame | None, params: Params) -> History:
-    """Profile accepted data once: rows, key hashes, seen categories, quantiles."""
+    """Profile a frame of accepted rows (ingest merges cached per-batch summaries instead)."""
+    from driftloop.profiles import AcceptedProfile, ProfileSpec, profile_frame
+
     if accepted is None or accepted.empty:
         return History()
-    keys = params.data.key_columns
-    low, high = params.validation.distribution_quantiles
-    quantiles: dict[str, tuple[float, float]] = {}
-    for name in numeric_columns(params):
-        values = accepted.get(name)
-        if values is not None and pd.api.types.is_numeric_dtype(values) and values.notna().any():
-            quantiles[name] = (float(values.quantile(low)), float(values.quantile(high)))
-    categories = {
-        name: frozenset(accepted[name].dropna().unique())
-        for name in category_columns(params)
-        if name in accepted.columns
-    }
-    known = pd.Index(key_hashes(accepted, keys)) if set(keys) <= set(accepted.columns) else None
-    return History(
-        len(accepted), known if known is not None else _empty_keys(), categories, quantiles
-    )
+    summary = profile_frame(accepted, ProfileSpec.of(params))
+    return history_of(AcceptedProfile.merge([summary]), params)
 
 
 def distribution_bounds(quantiles: tuple[float, float], margin: float) -> tuple[float, float]:
@@ -237,8 +254,19 @@ def build_label_history(
 # -- derived columns (pandas lookups, judged by GE) ---------------------------------------------
 
 
-def already_accepted_column(params: Params) -> str:
-    return "already_accepted:" + "+".join(params.data.key_columns)
+def conflicting_repeat_column(params: Params) -> str:
+    return "accepted_with_other_values:" + "+".join(params.data.key_columns)
+
+
+def too_late_column(params: Params) -> str:
+    return f"older_than_lateness_{params.data.lateness}:{params.data.timestamp_column}"
+
+
+def too_late(times: pd.Series, newest: pd.Timestamp | None, lateness: str | None) -> np.ndarray:
+    """Rows older than the newest accepted time minus the declared lateness (NaT: not flagged)."""
+    if newest is None or lateness is None:
+        return np.zeros(len(times), dtype=bool)
+    return np.asarray(times.notna() & (times < newest - pd.Timedelta(lateness)), dtype=bool)
 
 
 def off_frequency_column(params: Params) -> str:
@@ -295,8 +323,11 @@ def prepare_batch(frame: pd.DataFrame, params: Params, history: History | None) 
         mask = off_frequency(frame[column], data.frequency)
         derived[off_frequency_column(params)] = _flagged(frame, mask, [column])
     if history is not None and set(data.key_columns) <= set(frame.columns):
-        seen = pd.Index(key_hashes(frame, data.key_columns)).isin(history.keys)
-        derived[already_accepted_column(params)] = _flagged(frame, seen, data.key_columns)
+        _, conflicts = history.classify(frame, params)
+        derived[conflicting_repeat_column(params)] = _flagged(frame, conflicts, data.key_columns)
+    if history is not None and data.lateness is not None:
+        late = too_late(frame[column], history.newest, data.lateness)
+        derived[too_late_column(params)] = _flagged(frame, late, [column])
     return frame.assign(**derived)
 
 
@@ -355,7 +386,7 @@ def batch_expectations(
             expectations += _column_expectations(name, spec, bounds.max_null_share)
     derived = [off_frequency_column(params)] if params.data.frequency else []
     if history is not None:
-        derived.append(already_accepted_column(params))
+        derived += [conflicting_repeat_column(params), too_late_column(params)]
         expectations += _category_expectations(frame, params, history)
         expectations += _distribution_expectations(frame, params, history)
     expectations += [_null(name) for name in derived if name in frame.columns]

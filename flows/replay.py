@@ -21,7 +21,6 @@ from tasks import replay as r
 def initial_model(params: Params, where: FlowTarget) -> dict[str, Any]:
     """The replay's first model, trained on the months up to `replay.initial_until`."""
     first = training_flow(
-        source=params.data.source,
         until=params.replay.initial_until,
         trigger=replay.INITIAL_TRIGGER,
         **where,
@@ -46,7 +45,6 @@ def replay_flow(
     calendar = replay.step_dates(params)[:steps]
     timeline: list[replay.Step] = []
     wparams = load_params(ws.params)
-    source = wparams.data.source
     first = initial_model(wparams, where)
     previous = dt.date.fromisoformat(wparams.replay.initial_until)
     # The step subflows run inside this process, whose own run keeps its heartbeat; theirs
@@ -55,7 +53,7 @@ def replay_flow(
         for as_of in r.progress(calendar, "replaying"):
             batch_start = previous + dt.timedelta(days=1)
             champion = r.champion_version(wparams, ws)
-            r.ingest_step(wparams, ws, source, as_of.isoformat())
+            r.ingest_step(wparams, ws, as_of.isoformat())
             outcome = monitor_flow(
                 as_of=as_of.isoformat(), retrain="subflow", version=False, **where
             )
@@ -89,7 +87,6 @@ def online_arm_flow(
     """One promotion policy: the first model, then each step served by the running service."""
     params, ws = context(project, params_file, home, tracking_uri)
     where = flow_target(ws)
-    source = params.data.source
     initial_model(params, where)
     previous = dt.date.fromisoformat(params.replay.initial_until)
     clock = online.ReplayClock(online.end_of_day(previous))
@@ -101,7 +98,7 @@ def online_arm_flow(
         live.follow_registry()
         for as_of in r.progress(replay.step_dates(params)[:steps], f"online replay: {arm}"):
             champion = live.health()["champion_version"]
-            traffic = r.serve_step(params, ws, live, source, as_of)
+            traffic = r.serve_step(params, ws, live, as_of)
             clock.set(online.end_of_day(as_of))
             looked = None
             if arm == "experiment":

@@ -37,7 +37,7 @@ def training_flow(
     """Ingest the next batch (and labels), validate, then train and promote on accepted data."""
     params, settings = context(project, params_file, home, tracking_uri)
     batch = t.ingest(params, settings, source, until or params.data.until)
-    if label_source := ingest.label_source_for(params, source, labels):
+    if label_source := ingest.label_spec(params, source, labels):
         t.ingest_labels(params, settings, label_source, until or params.data.until)
     validation = t.validate(params, settings)
     if not force and (version := stages.already_trained(params, settings, batch.data_md5)):

@@ -32,17 +32,15 @@ def champion_version(params: Params, ws: Settings) -> str | None:
 
 
 @task(name="ingest-step", cache_policy=NONE)
-def ingest_step(params: Params, ws: Settings, source: str, until: str) -> ingest.IngestResult:
-    """The batch (and labels) that arrived by `until`, through the same gates.
+def ingest_step(params: Params, ws: Settings, until: str) -> ingest.IngestSummary:
+    """The rows that had arrived by `until` (event time) and the labels known by then (label
+    time), through the same gates.
 
     Versioned in bulk before each retrain and at the end, not at every step.
     """
-    result = ingest.ingest(
-        params, ws, ingest.read_next_batch(params, ws, source, until), version=False
-    )
-    if label_source := ingest.label_source_for(params, source, None):
-        labels = ingest.read_next_labels(params, ws, label_source, until)
-        ingest.ingest_labels(params, ws, labels, version=False)
+    result = ingest.ingest_source(params, ws, None, until, version=False)
+    if label_source := ingest.label_spec(params):
+        ingest.ingest_label_source(params, ws, label_source, until, version=False)
     return result
 
 
@@ -108,10 +106,10 @@ def report(
 
 @task(name="serve-step", cache_policy=NONE)
 def serve_step(
-    params: Params, ws: Settings, live: online.LiveService, source: str, as_of: dt.date
+    params: Params, ws: Settings, live: online.LiveService, as_of: dt.date
 ) -> online.StepTraffic:
     """The step's batch ingested and posted to the service; its landed labels sent back."""
-    return online.serve_step(params, ws, live, source, as_of)
+    return online.serve_step(params, ws, live, as_of)
 
 
 def to_online_step(

@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 
 from driftloop import ingest as ingest_stage
 from driftloop import stages
-from driftloop.config import Params, Settings
+from driftloop.config import Params, Settings, SourceSpec
 from driftloop.registry import ModelRef
 from driftloop.stages import Fitted, PromotionResult, Split, TrainingData
 from driftloop.training import TrainedModel
@@ -21,17 +21,12 @@ from tasks.common import REGISTRY_RETRIES, table
 @task(name="ingest", cache_policy=NONE)
 def ingest(
     params: Params, settings: Settings, source: str | None, until: str | None
-) -> ingest_stage.IngestResult:
-    """Read the next batch and gate it (no retry: bad data stays bad)."""
-    raw = ingest_stage.read_next_batch(params, settings, source, until)
-    result = ingest_stage.ingest(params, settings, raw)
+) -> ingest_stage.IngestSummary:
+    """Ingest what is new at the source and gate it (no retry: bad data stays bad)."""
+    result = ingest_stage.ingest_source(params, settings, source, until)
     create_markdown_artifact(
         key="ingest",
-        markdown=(
-            f"**{result.origin}**: nothing new"
-            if result.nothing_new
-            else f"**{result.origin}**: accepted {result.rows} rows {result.first}..{result.last}"
-        )
+        markdown=f"**{result.origin}**: {result.message()}"
         + f"\n\nDVC md5 of accepted data: `{result.data_md5}`",
         description="Ingested batch",
     )
@@ -40,11 +35,10 @@ def ingest(
 
 @task(name="ingest-labels", cache_policy=NONE)
 def ingest_labels(
-    params: Params, settings: Settings, source: str | None, until: str | None
-) -> ingest_stage.IngestResult:
-    """Read the labels that arrived and gate them like a data batch."""
-    raw = ingest_stage.read_next_labels(params, settings, source, until)
-    return ingest_stage.ingest_labels(params, settings, raw)
+    params: Params, settings: Settings, source: SourceSpec, until: str | None
+) -> ingest_stage.IngestSummary:
+    """Ingest the labels that arrived and gate them like a data batch."""
+    return ingest_stage.ingest_label_source(params, settings, source, until)
 
 
 @task(name="version-data", cache_policy=NONE)

@@ -66,8 +66,10 @@ def string_in_numeric_column() -> bytes:
     return csv_bytes(frame)
 
 
-def overlapping_dates() -> bytes:
-    return csv_bytes(next_days("2013-06-25", "2013-07-05"))
+def overlapping_dates_other_values() -> bytes:
+    frame = next_days("2013-06-25", "2013-07-05")
+    frame.loc[frame["date"] <= ACCEPTED_UNTIL, "wind"] += 1.0  # accepted days, measured again
+    return csv_bytes(frame)
 
 
 def duplicate_date() -> bytes:
@@ -86,9 +88,12 @@ BAD_BATCHES = [
         "expect_column_values_to_be_in_type_list(wind)",
         id="string-in-numeric-column",
     ),
-    # late data is accepted; a key (here the date) already accepted is a true duplicate
+    # late data is accepted and exact repeats are skipped; an accepted key (here the date)
+    # with other values is a conflict
     pytest.param(
-        overlapping_dates, "expect_column_values_to_be_null(already_accepted:date)", id="overlap"
+        overlapping_dates_other_values,
+        "expect_column_values_to_be_null(accepted_with_other_values:date)",
+        id="overlap-with-other-values",
     ),
     pytest.param(duplicate_date, "expect_column_values_to_be_unique(date)", id="duplicate-date"),
     pytest.param(garbled, "unreadable csv (UnicodeDecodeError", id="garbled"),

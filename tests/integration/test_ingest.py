@@ -18,8 +18,8 @@ import yaml
 from driftloop import datastore, versioning
 from driftloop.config import Params, load_params, parse_params
 from driftloop.errors import ValidationFailed
-from driftloop.ingest import IngestResult, ingest, read_next_batch
-from driftloop.sources import load_seattle
+from driftloop.ingest import IngestResult, ingest
+from driftloop.sources import load_seattle, read_batch_file
 from tests.helpers import Project, cli, cli_command, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.fresh_mlflow]  # no MLflow needed to ingest
@@ -36,7 +36,7 @@ def seattle_csv(folder: Path, first: str, last: str) -> Path:
 
 
 def ingest_file(project: Project, path: Path) -> IngestResult:
-    raw = read_next_batch(project.params, project.settings, str(path), None)
+    raw = read_batch_file(path, project.params.data)
     return ingest(project.params, project.settings, raw)
 
 
@@ -64,24 +64,32 @@ def test_a_late_batch_with_new_dates_is_accepted_and_loads_in_time_order(
     assert any(project.remote.rglob("*")), "pushed to the DVC remote"
 
 
-def test_a_batch_sent_twice_is_refused_as_a_true_duplicate(
+def test_a_batch_sent_twice_is_nothing_new_and_changed_values_are_refused(
     project: Project, tmp_path: Path
 ) -> None:
     batch = seattle_csv(tmp_path, "2012-01-01", "2012-01-07")
     ingest_file(project, batch)
     before = project.raw_snapshot()
 
+    again = ingest_file(project, batch)  # an interrupted run, simply run again
+    assert again.nothing_new and again.repeats == 7
+    assert quarantined(project) == []
+    assert project.raw_snapshot() == before
+
+    changed = pd.read_csv(batch)
+    changed.loc[2, "wind"] += 1.0  # Jan 3 measured again: a conflicting repeat
+    changed.to_csv(batch, index=False)
     with pytest.raises(ValidationFailed) as failure:
         ingest_file(project, batch)
 
     message = str(failure.value)
-    assert "expect_column_values_to_be_null(already_accepted:date)" in message
+    assert "expect_column_values_to_be_null(accepted_with_other_values:date)" in message
     (folder,) = quarantined(project)
     assert folder.startswith(batch.stem)
     report = json.loads((project.quarantine_dir / folder / "validation.json").read_text())
     (outcome,) = [o for o in report["outcomes"] if not o["success"]]
-    assert outcome["column"] == "already_accepted:date"
-    assert outcome["unexpected_percent"] == 100.0
+    assert outcome["column"] == "accepted_with_other_values:date"
+    assert outcome["observed"] == ["2012-01-03"]  # the conflicting key, named
     assert (project.quarantine_dir / folder / batch.name).read_bytes() == batch.read_bytes()
     assert (project.quarantine_dir / folder / "docs" / "index.html").is_file()
     assert project.raw_snapshot() == before

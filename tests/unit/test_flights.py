@@ -200,7 +200,7 @@ def test_package_is_read_by_path_never_imported(flights: pd.DataFrame) -> None:
 
 
 def test_params_file_validates(params: Params) -> None:
-    assert params.data.source == "flights"
+    assert params.data.source.kind == "bundled" and params.data.source.name == "flights"
     assert params.data.timestamp_column == "sched_dep"
     assert params.data.key_columns == ["flight_id"]
     assert params.join_column == "flight_id" and params.labels.time_column == "landed_at"

@@ -229,9 +229,11 @@ def test_late_rows_with_new_keys_pass_and_accepted_keys_are_refused(
 ) -> None:
     older = event_frame(start="2023-12-01")  # before every accepted sale, new ids
     assert validate_batch(older, events, history=history, now=NOW).success
-    older.loc[[0, 1], "event_id"] = ["e1000", "e1001"]  # already accepted in January
+    older.loc[[0, 1], "event_id"] = ["e1000", "e1001"]  # accepted in January, other values
     report = validate_batch(older, events, history=history, now=NOW)
-    assert failed(report) == ["expect_column_values_to_be_null(already_accepted:event_id)"]
+    assert failed(report) == [
+        "expect_column_values_to_be_null(accepted_with_other_values:event_id)"
+    ]
     assert report.failures[0].observed == ["e1000", "e1001"]
 
 
@@ -245,7 +247,7 @@ def test_the_whole_dataset_check_leaves_out_the_rules_against_history(events: Pa
     report = validate_batch(event_frame(), events, now=NOW)
     assert report.success
     columns = {o.column for o in report.outcomes}
-    assert "already_accepted:event_id" not in columns
+    assert "accepted_with_other_values:event_id" not in columns
     assert "finer_than_h:ts" in columns  # the grain is checked on all data too
     assert not any("mean" in o.expectation for o in report.outcomes)
 
@@ -467,14 +469,22 @@ def accepted_labels_empty() -> pd.DataFrame:
     return pd.DataFrame({"event_id": [], "returned": [], "label_time": []})
 
 
-def test_a_run_ingests_labels_from_a_given_file_or_a_bundled_source_only() -> None:
-    from driftloop.config import load_params
-    from driftloop.ingest import label_source_for
+def test_a_run_ingests_labels_from_a_given_file_labels_source_or_a_bundled_source() -> None:
+    from driftloop.config import SourceSpec, load_params
+    from driftloop.ingest import label_spec
     from tests.helpers import REPO_ROOT
 
     flights = load_params(REPO_ROOT / "examples" / "flights" / "params.yaml")
     seattle = load_params(REPO_ROOT / "params.yaml")
-    assert label_source_for(flights, None, None) == "flights"  # the bundled source's labels
-    assert label_source_for(flights, None, "labels.csv") == "labels.csv"
-    assert label_source_for(flights, "batch.parquet", None) is None  # labels ride in its rows
-    assert label_source_for(seattle, None, None) is None  # a forecast derives its labels
+    assert label_spec(flights) == SourceSpec(kind="bundled", name="flights")  # its own labels
+    assert label_spec(flights, None, "labels.csv") == SourceSpec(kind="file", path="labels.csv")
+    assert label_spec(flights, "batch.parquet") is None  # labels ride in its rows
+    assert label_spec(seattle) is None  # a forecast derives its labels
+    declared = flights.model_copy(
+        update={
+            "labels": flights.labels.model_copy(
+                update={"source": SourceSpec(kind="folder", path="labels/*.csv")}
+            )
+        }
+    )
+    assert label_spec(declared, "batch.parquet") == SourceSpec(kind="folder", path="labels/*.csv")

@@ -177,6 +177,12 @@ def _params_with(**validation: float) -> Params:
     return parse_params(raw)
 
 
+def _params_with_data(**data: str) -> Params:
+    raw = yaml.safe_load(PARAMS_FILE.read_text())
+    raw["data"].update(data)
+    return parse_params(raw)
+
+
 @pytest.mark.parametrize(
     ("validation", "success"),
     [({"min_rows": 11}, False), ({"max_rows": 9}, False), ({"min_rows": 10, "max_rows": 10}, True)],
@@ -203,34 +209,61 @@ def seattle_days(first: str, last: str) -> pd.DataFrame:
     return frame[(frame["date"] >= first) & (frame["date"] <= last)].reset_index(drop=True)
 
 
-ALREADY = "expect_column_values_to_be_null(already_accepted:date)"
+CONFLICT = "expect_column_values_to_be_null(accepted_with_other_values:date)"
+
+
+def changed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same days with other values (the wind measured again)."""
+    return frame.assign(wind=frame["wind"] + 1.0)
 
 
 @pytest.mark.parametrize(
     ("accepted", "success"),
     [
         (("2012-01-11", "2012-01-20"), True),  # late data: older than accepted, new dates
-        (("2012-01-10", "2012-01-12"), False),  # the last day was already accepted
+        (("2012-01-10", "2012-01-12"), False),  # the last day was accepted with other values
         (("2012-01-06", "2012-01-15"), False),  # half the batch overlaps
-        (("2012-01-01", "2012-01-10"), False),  # the same rows again
+        (("2012-01-01", "2012-01-10"), False),  # the same days, every one changed
     ],
 )
-def test_only_keys_already_accepted_are_refused(
+def test_only_keys_accepted_with_other_values_are_refused(
     valid: pd.DataFrame, params: Params, accepted: tuple[str, str], success: bool
 ) -> None:
-    history = build_history(seattle_days(*accepted), params)
+    history = build_history(changed(seattle_days(*accepted)), params)
     report = validate_batch(valid, params, history=history, now=NOW)
     assert report.success is success, report.summary()
     if not success:
-        assert failed_labels(report) == [ALREADY]
-        assert ALREADY in report.summary()
+        assert failed_labels(report) == [CONFLICT]
+        assert CONFLICT in report.summary()
+
+
+def test_exact_repeats_of_accepted_rows_are_not_conflicts(
+    valid: pd.DataFrame, params: Params
+) -> None:
+    """An identical row is a repeat (the ingest skips it), whether read as int or float."""
+    history = build_history(seattle_days("2012-01-01", "2012-01-10"), params)
+    assert validate_batch(valid, params, history=history, now=NOW).success
+    repeat, conflict = history.classify(valid.astype({"wind": object}), params)
+    assert repeat.all() and not conflict.any()
 
 
 def test_the_refused_keys_are_named(valid: pd.DataFrame, params: Params) -> None:
-    history = build_history(seattle_days("2012-01-09", "2012-01-31"), params)
+    history = build_history(changed(seattle_days("2012-01-09", "2012-01-31")), params)
     (failure,) = validate_batch(valid, params, history=history, now=NOW).failures
     assert failure.observed == ["2012-01-09", "2012-01-10"]
     assert failure.unexpected_percent == 20.0
+
+
+def test_new_rows_older_than_the_declared_lateness_are_refused(valid: pd.DataFrame) -> None:
+    late = _params_with_data(lateness="5D")
+    history = build_history(seattle_days("2012-01-11", "2012-01-20"), late)  # newest: Jan 20
+    report = validate_batch(valid, late, history=history, now=NOW)  # Jan 1-10: before Jan 15
+    (failure,) = report.failures
+    assert failure.column == "older_than_lateness_5D:date"
+    assert failure.observed[0] == "2012-01-01"
+    assert failure.unexpected_percent == 100.0
+    recent = _params_with_data(lateness="20D")
+    assert validate_batch(valid, recent, history=history, now=NOW).success
 
 
 def test_an_unsorted_batch_is_accepted(valid: pd.DataFrame, params: Params) -> None:
@@ -308,7 +341,7 @@ def test_to_dict_is_stable_plain_json(valid: pd.DataFrame, params: Params) -> No
     assert [o["column"] for o in first["outcomes"] if not o["success"]] == [
         "date",
         "temp_min",
-        "already_accepted:date",
+        "accepted_with_other_values:date",
     ]
 
 

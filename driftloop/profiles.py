@@ -1,0 +1,356 @@
+"""A profile of accepted data, merged from one small summary per immutable batch file.
+
+What a new batch is checked against (which keys are accepted, with which values; the newest
+accepted time; the categories seen; the numeric quantile range) used to be computed from all
+accepted rows at every ingest. Batch files are immutable, so each is summarised once (key and
+row hashes, its newest time, its categories, a quantile sketch per numeric column), the summary
+is cached on disk beside the project's state, and an ingest merges the summaries: its cost
+grows with the new batch, not with all data.
+
+A row's identity is its declared columns (the label column aside: labels may arrive later) and
+its timestamp, normalised so that the same row read from a CSV or from Parquet, as an int or a
+float, hashes the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from driftloop.config import CATEGORICAL_DTYPES, Params
+from driftloop.datastore import NS_DTYPE, as_ns, batch_files
+
+GRID = np.linspace(0.0, 1.0, 201)  # quantile sketch: every half percent
+NAT = np.iinfo(np.int64).min
+NUMERIC_DTYPES = frozenset({"float", "int"})
+_VERSION = 1  # bump when the summary's content changes
+
+
+# -- what is summarised ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """Which columns a batch summary covers, from params (its fingerprint names the cache)."""
+
+    time_column: str
+    keys: tuple[str, ...]
+    identity: tuple[tuple[str, str], ...]  # (column, kind): kind is time, num or text
+    categories: tuple[str, ...]
+    numeric: tuple[str, ...]
+
+    @classmethod
+    def of(cls, params: Params) -> ProfileSpec:
+        data = params.data
+        label = params.target.column
+        identity = [(data.timestamp_column, "time")]
+        for name, spec in sorted(data.columns.items()):
+            if name != label:
+                identity.append((name, "num" if spec.dtype in NUMERIC_DTYPES else "text"))
+        keys = {data.id_column, *data.entity_columns}
+        numeric = [
+            n for n, s in data.columns.items() if s.dtype in NUMERIC_DTYPES and n not in keys
+        ]
+        return cls(
+            data.timestamp_column,
+            tuple(data.key_columns),
+            tuple(identity),
+            tuple(category_columns(params)),
+            tuple(numeric),
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps([_VERSION, self.__dict__], sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def category_columns(params: Params) -> list[str]:
+    """Categorical feature columns (str/category) without `allowed`: unseen values are limited."""
+    columns = params.data.columns
+    return [
+        name
+        for name in params.features.categorical
+        if columns[name].dtype in CATEGORICAL_DTYPES and columns[name].allowed is None
+    ]
+
+
+# -- hashing rows ---------------------------------------------------------------------------------
+
+
+def key_hashes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """A 64-bit hash per row of its key columns (timestamps as datetime64[ns])."""
+    keys = frame[list(columns)]
+    times = [c for c in columns if pd.api.types.is_datetime64_any_dtype(keys[c])]
+    if times:
+        keys = keys.assign(**{c: as_ns(keys[c]) for c in times})
+    return pd.util.hash_pandas_object(keys, index=False).to_numpy()
+
+
+def _text(values: pd.Series) -> pd.Series:
+    return values.astype(object).where(values.isna(), values.astype(str)).where(values.notna())
+
+
+def _normalised(values: pd.Series, kind: str) -> pd.Series:
+    """One column's values in a form that hashes the same however the batch was read."""
+    if kind == "time" and pd.api.types.is_datetime64_any_dtype(values):
+        ticks = as_ns(values).to_numpy(dtype=NS_DTYPE).view("i8")
+        return pd.Series(ticks, index=values.index)
+    if kind == "num":
+        number = pd.to_numeric(values, errors="coerce")
+        if not (number.isna() & values.notna()).any():
+            return number.astype(float)
+    return _text(values)
+
+
+def identity_hashes(frame: pd.DataFrame, spec: ProfileSpec) -> np.ndarray:
+    """A 64-bit hash per row of its identity (declared columns but the label, and its time)."""
+    columns = {
+        f"c{i}": (
+            _normalised(frame[name], kind)
+            if name in frame.columns
+            else pd.Series(None, index=frame.index, dtype=object)
+        )
+        for i, (name, kind) in enumerate(spec.identity)
+    }
+    return pd.util.hash_pandas_object(pd.DataFrame(columns), index=False).to_numpy()
+
+
+# -- one batch ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class BatchProfile:
+    """The summary of one batch: row keys and identities, newest time, categories, sketches."""
+
+    rows: int
+    keys: np.ndarray
+    identities: np.ndarray
+    newest: int  # nanoseconds since 1970 (NAT: none)
+    categories: dict[str, list[Any]] = field(default_factory=dict)
+    sketches: dict[str, tuple[int, list[float]]] = field(default_factory=dict)
+
+
+def profile_frame(frame: pd.DataFrame, spec: ProfileSpec) -> BatchProfile:
+    """Summarise a batch (or any frame of accepted rows)."""
+    have_keys = set(spec.keys) <= set(frame.columns)
+    keys = key_hashes(frame, spec.keys) if have_keys else np.zeros(0, dtype="uint64")
+    ids = identity_hashes(frame, spec) if have_keys else np.zeros(0, dtype="uint64")
+    newest = NAT
+    if spec.time_column in frame.columns and len(frame):
+        ticks = as_ns(frame[spec.time_column]).to_numpy(dtype=NS_DTYPE).view("i8")
+        ticks = ticks[ticks != NAT]
+        newest = int(ticks.max()) if len(ticks) else NAT
+    categories = {
+        c: sorted({_plain(v) for v in frame[c].dropna().unique()}, key=str)
+        for c in spec.categories
+        if c in frame.columns
+    }
+    sketches = {}
+    for name in spec.numeric:
+        values = frame.get(name)
+        if values is not None and pd.api.types.is_numeric_dtype(values) and values.notna().any():
+            present = values.dropna().to_numpy(dtype=float)
+            sketches[name] = (len(present), np.quantile(present, GRID).tolist())
+    return BatchProfile(len(frame), keys, ids, newest, categories, sketches)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# -- all accepted data ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class AcceptedProfile:
+    """All accepted data as a new batch sees it.
+
+    Attributes:
+        rows: accepted rows.
+        keys: the accepted row keys' hashes, sorted; `identities` aligned with them.
+        newest: the newest accepted timestamp (None: no data).
+        categories: values seen per categorical column without `allowed`.
+        sketches: per numeric column, (rows, quantile points on GRID) of every batch.
+    """
+
+    rows: int = 0
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="uint64"))
+    identities: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="uint64"))
+    newest: pd.Timestamp | None = None
+    categories: dict[str, frozenset[Any]] = field(default_factory=dict)
+    sketches: dict[str, list[tuple[int, list[float]]]] = field(default_factory=dict)
+
+    @classmethod
+    def merge(cls, profiles: Iterable[BatchProfile]) -> AcceptedProfile:
+        parts = list(profiles)
+        if not parts:
+            return cls()
+        keys = np.concatenate([p.keys for p in parts])
+        identities = np.concatenate([p.identities for p in parts])
+        order = np.argsort(keys, kind="stable")
+        newest = max(p.newest for p in parts)
+        categories: dict[str, set[Any]] = {}
+        sketches: dict[str, list[tuple[int, list[float]]]] = {}
+        for part in parts:
+            for name, values in part.categories.items():
+                categories.setdefault(name, set()).update(values)
+            for name, sketch in part.sketches.items():
+                sketches.setdefault(name, []).append(sketch)
+        return cls(
+            sum(p.rows for p in parts),
+            keys[order],
+            identities[order],
+            None if newest == NAT else pd.Timestamp(newest),
+            {k: frozenset(v) for k, v in categories.items()},
+            sketches,
+        )
+
+    def quantiles(self, low: float, high: float) -> dict[str, tuple[float, float]]:
+        """The (low, high) quantiles of each numeric column over all accepted rows."""
+        return {name: merged_quantiles(parts, (low, high)) for name, parts in self.sketches.items()}
+
+    def classify(self, keys: np.ndarray, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each batch row: (an exact repeat of an accepted row, an accepted key with other
+        values)."""
+        if len(self.keys) == 0 or len(keys) == 0:
+            none = np.zeros(len(keys), dtype=bool)
+            return none, none.copy()
+        pos = np.searchsorted(self.keys, keys)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        known = self.keys[pos] == keys
+        repeat = known & (self.identities[pos] == identities)
+        doubled = known & ~repeat
+        if doubled.any():
+            # a key stored more than once (data written outside driftloop): an identical row
+            # under any of its copies counts as a repeat
+            left = np.searchsorted(self.keys, keys[doubled], side="left")
+            right = np.searchsorted(self.keys, keys[doubled], side="right")
+            wanted = identities[doubled]
+            copies = zip(left, right, wanted, strict=True)
+            repeat[doubled] = [bool((self.identities[a:b] == w).any()) for a, b, w in copies]
+        return repeat, known & ~repeat
+
+
+def merged_quantiles(
+    parts: list[tuple[int, list[float]]], probabilities: tuple[float, float]
+) -> tuple[float, float]:
+    """Quantiles of the union of batches from their sketches (exact for a single batch)."""
+    if len(parts) == 1:
+        points = np.asarray(parts[0][1])
+        return tuple(float(np.interp(p, GRID, points)) for p in probabilities)  # type: ignore[return-value]
+    weights = np.array([n for n, _ in parts], dtype=float)
+    sketches = [np.asarray(points) for _, points in parts]
+    xs = np.unique(np.concatenate(sketches))
+    pairs = zip(weights, sketches, strict=True)
+    cdf = sum(w * np.interp(xs, s, GRID, left=0.0, right=1.0) for w, s in pairs)
+    cdf = np.maximum.accumulate(np.asarray(cdf) / weights.sum())
+    return tuple(float(np.interp(p, cdf, xs)) for p in probabilities)  # type: ignore[return-value]
+
+
+# -- cached per batch file ------------------------------------------------------------------------
+
+
+class ProfileCache:
+    """Batch summaries per process, backed by one `.npz` per batch file under the state dir."""
+
+    def __init__(self) -> None:
+        self._profiles: dict[tuple[str, str], BatchProfile] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, spec: ProfileSpec, folder: Path) -> BatchProfile:
+        key = (str(path), spec.fingerprint)
+        with self._lock:
+            found = self._profiles.get(key)
+        if found is not None:
+            return found
+        stored = folder / f"{path.name}.npz"
+        profile = _load(stored)
+        if profile is None:
+            from driftloop.datastore import read_batch
+
+            profile = profile_frame(read_batch(path), spec)
+            _save(stored, profile)
+        with self._lock:
+            self._profiles[key] = profile
+        return profile
+
+    def clear(self) -> None:
+        with self._lock:
+            self._profiles.clear()
+
+
+PROFILES = ProfileCache()
+
+
+def cache_folder(state_dir: Path, raw_dir: Path, spec: ProfileSpec) -> Path:
+    """Where a data folder's batch summaries are kept for this spec."""
+    where = hashlib.sha256(str(raw_dir.resolve()).encode()).hexdigest()[:8]
+    return state_dir / "profiles" / f"{where}-{spec.fingerprint}"
+
+
+def accepted_profile(raw_dir: Path, params: Params, state_dir: Path) -> AcceptedProfile:
+    """The profile of all accepted data, merged from cached per-batch summaries."""
+    spec = ProfileSpec.of(params)
+    folder = cache_folder(state_dir, raw_dir, spec)
+    return AcceptedProfile.merge(PROFILES.get(b.path, spec, folder) for b in batch_files(raw_dir))
+
+
+def remember(path: Path, frame: pd.DataFrame, params: Params, state_dir: Path) -> None:
+    """Summarise a batch just accepted, from the frame in hand (no second read of its file)."""
+    spec = ProfileSpec.of(params)
+    profile = profile_frame(frame, spec)
+    _save(cache_folder(state_dir, path.parent, spec) / f"{path.name}.npz", profile)
+    with PROFILES._lock:
+        PROFILES._profiles[(str(path), spec.fingerprint)] = profile
+
+
+def _save(path: Path, profile: BatchProfile) -> None:
+    meta = {
+        "rows": profile.rows,
+        "newest": profile.newest,
+        "categories": profile.categories,
+        "sketches": profile.sketches,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(
+        tmp,
+        keys=profile.keys,
+        identities=profile.identities,
+        meta=np.array(json.dumps(meta, default=_json_default)),
+    )
+    tmp.replace(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _load(path: Path) -> BatchProfile | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            meta = json.loads(str(stored["meta"]))
+            sketches = {k: (int(n), list(p)) for k, (n, p) in meta["sketches"].items()}
+            return BatchProfile(
+                int(meta["rows"]),
+                stored["keys"],
+                stored["identities"],
+                int(meta["newest"]),
+                dict(meta["categories"]),
+                sketches,
+            )
+    except (OSError, ValueError, KeyError):  # a damaged cache file is rebuilt from the batch
+        return None
