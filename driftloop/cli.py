@@ -428,6 +428,11 @@ def replay(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Replay history as it arrived: the real loop, then a report comparing strategies."""
+    with json_stdout(as_json):
+        _replay(steps, online, experiment, as_json)
+
+
+def _replay(steps: int | None, online: bool, experiment: str, as_json: bool) -> None:
     try:
         target = _target()
         where = {"project": target["project"], "params_file": target["params_file"]}

@@ -137,7 +137,8 @@ def feature_frame(frame: pd.DataFrame, features: FeatureParams, data: DataParams
         for window in features.rolling.windows:
             name = f"{col}_mean{window}"
             out[name] = _rolling_mean(frame, col, window, data.timestamp_column, entities)
-    out.update(_calendar(frame[data.timestamp_column], list(features.calendar)))
+    if features.calendar:  # the time is an input only when calendar features read it
+        out.update(_calendar(frame[data.timestamp_column], list(features.calendar)))
     for col in features.categorical:
         out[col] = _categorical(frame[col])
     return pd.DataFrame(out, index=frame.index)
