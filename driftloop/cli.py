@@ -171,6 +171,18 @@ def _emit(payload: Any, as_json: bool, text: str | None = None) -> None:
         _HELD.text = out
 
 
+def _quiet_run_logs() -> None:
+    """Flow and task run logs go to the Prefect API (the UI shows them), not to the terminal,
+    where a failed run would print Prefect's traceback above our one-line reason.
+    `DRIFTLOOP_DEBUG=1` keeps them on the terminal too."""
+    import logging
+
+    if os.environ.get("DRIFTLOOP_DEBUG"):
+        return
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).propagate = False
+
+
 def _fail(exc: DriftloopError) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(exc.exit_code)
@@ -309,6 +321,8 @@ def run(
         target = _target()
         from flows.training import training_flow
 
+        _quiet_run_logs()
+
         summary = training_flow(source=source, until=until, labels=labels, **target)
     except DriftloopError as exc:
         _fail(exc)
@@ -383,6 +397,8 @@ def monitor(
         target = _target()
         from flows.monitoring import monitor_flow
 
+        _quiet_run_logs()
+
         if retrain not in ("subflow", "deployment", "off"):
             raise typer.BadParameter("--retrain must be subflow, deployment or off")
         mode: Literal["subflow", "deployment", "off"] = retrain  # type: ignore[assignment]
@@ -405,6 +421,8 @@ def retrain(
     try:
         target = _target()
         from flows.monitoring import retrain_flow
+
+        _quiet_run_logs()
 
         summary = retrain_flow(reason=reason, until=until, **target)
     except DriftloopError as exc:
@@ -444,9 +462,13 @@ def _replay(steps: int | None, online: bool, experiment: str, as_json: bool) -> 
             check_online(_context()[0])  # before any flow starts: one line, no traceback
             from flows.replay import online_replay_flow
 
+            _quiet_run_logs()
+
             summary = online_replay_flow(steps=steps, experiment=experiment, **where)
         else:
             from flows.replay import replay_flow
+
+            _quiet_run_logs()
 
             summary = replay_flow(steps=steps, **where)
     except DriftloopError as exc:

@@ -166,7 +166,8 @@ def _reject(params: Params, settings: Settings, raw: RawBatch, report: Validatio
 def _nothing_to_gate(raw: RawBatch) -> bool:
     """An empty read of a bundled example or of what a source added since the last read:
     nothing new. (An empty file is gated: the row count rule refuses it.)"""
-    return raw.read_error is None and raw.frame.empty and (raw.bundled or raw.incremental)
+    nothing = raw.read_error is None and raw.frame.empty
+    return nothing and (raw.bundled or raw.incremental or raw.held_back > 0)
 
 
 # -- data batches -----------------------------------------------------------------------------
@@ -235,10 +236,19 @@ def ingest_source(
                 frames.append(frame)
         md5 = _version_data(params, settings, bool(accepted) and version, push)
         if failures:
-            kept = f" ({len(accepted)} other batches accepted)" if accepted else ""
-            raise ValidationFailed("; ".join(failures) + kept)
+            raise ValidationFailed(_failed_batches(failures, len(accepted)))
         versioned = [IngestResult(**{**r.__dict__, "data_md5": md5}) for r in accepted]
         return IngestSummary(spec.label, versioned, md5, repeats, held, read.notes, frames)
+
+
+def _failed_batches(failures: list[str], accepted: int, kind: str = "batches") -> str:
+    """One line for the batches a source ingest quarantined: the first in full, then a count."""
+    line = failures[0]
+    if len(failures) > 1:
+        line += f"; and {len(failures) - 1} more {kind} quarantined"
+    if accepted:
+        line += f" ({accepted} other {kind} accepted)"
+    return line
 
 
 def as_bound(until: str | dt.date | dt.datetime | None) -> dt.date | dt.datetime | None:
@@ -547,8 +557,7 @@ def ingest_label_source(
         if accepted and version:
             md5 = versioning.track(settings.project, labels_dir, push=push)
         if failures:
-            kept = f" ({len(accepted)} other label batches accepted)" if accepted else ""
-            raise ValidationFailed("; ".join(failures) + kept)
+            raise ValidationFailed(_failed_batches(failures, len(accepted), "label batches"))
         versioned = [IngestResult(**{**r.__dict__, "data_md5": md5}) for r in accepted]
         return IngestSummary(f"{spec.label} (labels)", versioned, md5, repeats, held, read.notes)
 

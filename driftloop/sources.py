@@ -409,6 +409,8 @@ def read_folder(
         seen = ledger.get(key) or {}
         stamp = _fingerprint(path)
         unchanged = all(seen.get(k) == v for k, v in stamp.items())
+        if unchanged and _not_yet(seen, until):
+            continue  # read before: every row later than `until`
         if unchanged and seen.get("status") in ("taken", "quarantined"):
             digest = str(seen.get("sha256"))
         else:
@@ -418,11 +420,33 @@ def read_folder(
         if digest in refused:
             notes.append(f"{path.name}: still quarantined (fix or remove the file to retry)")
             continue
-        batch = _held_back(read_table(path, role.text_columns, _times(role)), role, until)
+        whole = read_table(path, role.text_columns, _times(role))
+        batch = _held_back(whole, role, until)
+        if batch.frame.empty and batch.held_back and batch.read_error is None:
+            first = first_time(whole.frame, role)  # not arrived yet: remember when it starts
+            ledger.record(Receipt(key, {**stamp, "status": "future", "first": first}))
+            continue
         status = "taken" if batch.held_back == 0 else "partial"
         receipt = Receipt(key, {**stamp, "sha256": digest, "status": status})
         batches.append(replace(batch, receipt=receipt))
     return SourceRead(batches, notes)
+
+
+def first_time(frame: pd.DataFrame, role: Role) -> str | None:
+    """The earliest time of a batch (ISO), or None when it has no time column."""
+    column = role.time_column
+    if column is None or column not in frame.columns or frame.empty:
+        return None
+    first = frame[column].min()
+    return None if pd.isna(first) else pd.Timestamp(first).isoformat()
+
+
+def _not_yet(seen: dict[str, Any], until: TimeBound | None) -> bool:
+    """A drop read before whose every row is later than `until`."""
+    first = seen.get("first")
+    if seen.get("status") != "future" or first is None or until is None:
+        return False
+    return bool(not time_mask(pd.Series([pd.Timestamp(first)]), None, until)[0])
 
 
 # -- SQL ------------------------------------------------------------------------------------------

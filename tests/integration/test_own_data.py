@@ -103,3 +103,67 @@ def test_replay_of_a_file_source_with_late_labels_from_a_separate_file(
     assert loop["n_predictions"] > 0 and 0.0 <= loop["roc_auc"] <= 1.0
     html = Path(summary["report"][1]).read_text()
     assert "returns replay" in html
+
+
+def test_replay_of_a_folder_of_drops_with_labels_from_a_table(
+    own: tuple[Project, Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step ingests the drops' rows that had arrived by its end and the labels known by
+    then, from a folder of daily files and a SQLite table of labels."""
+    import sqlalchemy as sa
+
+    project, _, table = own
+    rows = owndata.rows_only(table)
+    drops = project.root / "drops"
+    drops.mkdir()
+    days = rows[owndata.TIME].dt.strftime("%Y-%m-%d")
+    for day in sorted(days.unique()):
+        rows[days == day].to_parquet(drops / f"events-{day}.parquet", index=False)
+    url = f"sqlite:///{project.root / 'labels.db'}"
+    engine = sa.create_engine(url)
+    owndata.labels_of(table).to_sql("labels", engine, index=False)
+    engine.dispose()
+    monkeypatch.setenv("RETURNS_LABELS_DB", url)
+    labels = {"kind": "sql", "url_env": "RETURNS_LABELS_DB", "table": "labels"}
+    raw = owndata.params(
+        "drops",
+        labels,
+        name="returns_drops",
+        replay={"initial_until": "2024-01-21", "end": "2024-02-04"},
+    )
+    params = owndata.write_params(project.root, raw, "returns_drops")
+
+    result = cli("--params", str(params), "replay", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    report = json.loads(Path(summary["report"][0]).read_text())
+    assert [s["as_of"] for s in report["timeline"]] == ["2024-01-28", "2024-02-04"]
+    assert all(s["n_labelled"] > 0 for s in report["timeline"])
+    workspace = Path(summary["meta"]["workspace"])
+    from driftloop.config import load_params
+
+    ws_params = load_params(workspace / "params.yaml")
+    accepted = pd.concat(
+        pd.read_parquet(p) for p in (workspace / ws_params.data.raw_dir).glob("*.parquet")
+    )
+    assert accepted[owndata.TIME].max() <= pd.Timestamp("2024-02-05")  # nothing from the future
+    assert len(accepted) == (rows[owndata.TIME] < "2024-02-05").sum()
+
+
+def test_a_failure_after_the_batch_was_accepted_is_mended_by_running_again(
+    own: tuple[Project, Path, pd.DataFrame],
+) -> None:
+    project, _, _ = own
+    raw = owndata.params("exports/events.csv", "exports/labels.csv", name="returns_fix")
+    raw["data"]["until"] = "2024-01-28"
+    raw["train"]["hyperparams"] = {"max_iter": 40, "no_such_setting": 1}
+    params = owndata.write_params(project.root, raw, "returns_fix")
+    broken = cli("--params", str(params), "run")
+    assert broken.exit_code == 5, broken.stderr
+    assert len(broken.stderr.strip().splitlines()) == 1 and "no_such_setting" in broken.stderr
+    assert any((project.root / "data" / "returns_fix" / "raw").glob("*.parquet"))  # accepted
+
+    raw["train"]["hyperparams"] = {"max_iter": 40}
+    owndata.write_params(project.root, raw, "returns_fix")
+    fixed = cli("--params", str(params), "run", "--json").json()
+    assert fixed["promoted"] is True
