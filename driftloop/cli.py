@@ -628,6 +628,72 @@ def experiment_stop(
         _emit(payload, as_json, payload["message"])
 
 
+stack_app = typer.Typer(
+    no_args_is_help=True,
+    help="The scale-out stack on this machine: Prefect server (PostgreSQL, Redis) with two "
+    "workers, MLflow server with basic auth, a WebDAV DVC remote, the ledger on PostgreSQL.\n\n"
+    "Examples:\n\n  driftloop stack up            # start it (or what is not running)\n\n"
+    "  set -a; . .driftloop/stack/stack.env; set +a   # point this shell at it\n\n"
+    "  driftloop stack status --json\n\n  driftloop stack down",
+)
+app.add_typer(stack_app, name="stack")
+
+
+def _stack_report(action: str, as_json: bool) -> None:
+    from driftloop import stack
+
+    with json_stdout(as_json):
+        try:
+            settings = _context()[1]
+            report = getattr(stack, action)(settings)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        lines = [
+            f"  {p.name:17s} {'running' if p.running else 'stopped':8s} pid {p.pid or '-':<8} "
+            f"{'' if p.healthy is None else 'healthy' if p.healthy else 'NOT ANSWERING'}"
+            for p in report.parts
+        ]
+        lines += [f"  {name}: {url}" for name, url in report.urls.items()]
+        head = "stack is up" if report.up else "stack is not (fully) running"
+        text = "\n".join([head, *lines, f"  environment: {report.env_file}"])
+        _emit(report.to_dict(), as_json, text)
+        if action != "down" and not report.up:
+            raise typer.Exit(10)
+
+
+@stack_app.command("up")
+def stack_up(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Start the stack (parts already running are left alone); takes a minute or two."""
+    _stack_report("up", as_json)
+
+
+@stack_app.command("status")
+def stack_status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Which parts run and answer (exit 10 when not all do)."""
+    _stack_report("status", as_json)
+
+
+@stack_app.command("down")
+def stack_down(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Stop every part; the project gets its own DVC remote back."""
+    _stack_report("down", as_json)
+
+
+@stack_app.command("env")
+def stack_env() -> None:
+    """Print the environment that points a shell (or a worker elsewhere) at the stack."""
+    from driftloop import stack
+
+    try:
+        config = stack.StackConfig.of(_context()[1])
+        path = stack.write_env_file(config)
+    except DriftloopError as exc:
+        _fail(exc)
+        return
+    typer.echo(path.read_text(), nl=False)
+
+
 @app.command()
 def ui(
     which: str = typer.Argument(..., help="'prefect' or 'mlflow'"),

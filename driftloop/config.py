@@ -724,6 +724,7 @@ QUIET_OFFLINE_ENV = {
     "GIT_PYTHON_REFRESH": "quiet",
     "TQDM_DISABLE": "1",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # no "View run at ..." lines
 }
 
 

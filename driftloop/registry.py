@@ -236,12 +236,13 @@ def metric_name(raw: str) -> str:
     return f"{clean[:240]}-{digest}"
 
 
-def log_metrics(metrics: dict[str, float]) -> None:
-    """Log metrics under names MLflow accepts; the raw names are kept in `metric_names.json`."""
+def log_metrics(metrics: dict[str, float], model_id: str | None = None) -> None:
+    """Log metrics under names MLflow accepts (linked to a logged model when given, in one
+    batch); the raw names are kept in `metric_names.json`."""
     import mlflow
 
     names = {raw: metric_name(raw) for raw in metrics}
-    mlflow.log_metrics({names[k]: float(v) for k, v in metrics.items()})
+    mlflow.log_metrics({names[k]: float(v) for k, v in metrics.items()}, model_id=model_id)
     renamed = {clean: raw for raw, clean in names.items() if clean != raw}
     if renamed:
         mlflow.log_dict(renamed, "metric_names.json")
@@ -267,7 +268,6 @@ def log_training_run(
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({metric_name(k): v for k, v in record.params.items()})
-        log_metrics(record.metrics)
         mlflow.set_tags(record.tags)
         mlflow.log_input(_dataset(record), context="training")
         for name, payload in record.artifacts.items():
@@ -285,6 +285,9 @@ def log_training_run(
             skops_trusted_types=trusted_types(model),
             pyfunc_predict_fn="predict_proba",  # `mlflow models serve` answers probabilities
         )
+        # after the model: logging them before makes log_model read each metric's history
+        # back (one request per metric: minutes against a tracking server for hundreds)
+        log_metrics(record.metrics, model_id=info.model_id)
         mlflow.set_tag(COMPLETE_TAG, "true")  # last: nothing without it is promoted
     return run.info.run_id, str(info.model_uri)
 
@@ -296,9 +299,37 @@ def register(client: Any, name: str, run_id: str, model_uri: str, tags: dict[str
         raise RegistryError(f"run {run_id} has no '{COMPLETE_TAG}' marker; refusing to register")
     with contextlib.suppress(Exception):  # it exists already (or was created concurrently)
         client.create_registered_model(name)
-    mv = _call(client.create_model_version, name, model_uri, run_id=run_id, tags=tags)
+    # a LoggedModel source names its model (a tracking server refuses it otherwise)
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    try:
+        mv = _call(
+            client.create_model_version,
+            name,
+            model_uri,
+            run_id=run_id,
+            tags=tags,
+            model_id=model_id,
+            await_creation_for=30,
+        )
+    except RegistryError:
+        remove_orphans(client, name, run_id, keep=None)
+        raise
+    remove_orphans(client, name, run_id, keep=str(mv.version))
     _call(client.set_registered_model_alias, name, CHALLENGER, mv.version)
     return get_version(client, name, str(mv.version))
+
+
+def remove_orphans(client: Any, name: str, run_id: str, keep: str | None) -> list[str]:
+    """Delete the versions of one run other than `keep`: a tracking server that created a
+    version but whose answer was lost makes the client retry and create another, each one an
+    orphan no decision refers to. Returns the versions deleted."""
+    with contextlib.suppress(Exception):
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        orphans = [str(mv.version) for mv in found if str(mv.version) != keep]
+        for version in orphans:
+            client.delete_model_version(name, version)
+        return orphans
+    return []
 
 
 def _ref(mv: Any) -> ModelRef:
@@ -318,7 +349,14 @@ def get_alias(client: Any, name: str, alias: str) -> ModelRef | None:
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
             return None
+        if "Permission denied" in str(exc) and not _model_exists(client, name):
+            return None  # the basic-auth app denies reading an alias of a model not made yet
         raise RegistryError(f"MLflow: {str(exc).splitlines()[0]}") from exc
+
+
+def _model_exists(client: Any, name: str) -> bool:
+    escaped = name.replace("'", "\\'")
+    return bool(_call(client.search_registered_models, filter_string=f"name = '{escaped}'"))
 
 
 def set_alias(client: Any, name: str, alias: str, version: str) -> None:
