@@ -9,8 +9,9 @@ unseen categories, the distribution margin) are found by running the gate's own 
 batches the replay will ingest, so the file runs `run` and `replay` unchanged on the data it was
 made from.
 
-Everything here is pure (frames in, a `Proposal` out) except `read_rows` and `write_params`.
-The rules are stated once, as the constants below; the file's comments repeat them.
+`propose` is pure (frames in, a `Proposal` out); `read_rows`, `write_params` and `scaffold`
+(read, propose, render, write) are the edges. The rules are stated once, as the constants
+below; the file's comments repeat them.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ MIN_FIT_ROWS = 100  # labelled rows the first model trains on (at least)
 MIN_HOLDOUT_ROWS = 30  # labelled rows in its holdout (at least), both classes present
 MONITOR_WINDOWS = (7, 14, 28, 56, 91)  # days; the shortest holding WINDOW_ROWS rows is chosen
 WINDOW_ROWS = 200
+MIN_MONITOR_ROWS = 14  # monitor.min_rows at least; a feature needs twice this in most windows
 RETRAIN_ROWS = 100_000  # retrain on at most about this many rows (else 365 days)
 STEPS_MAX = 104  # replay steps at most (longer histories take longer steps)
 SAFETY = 1.5  # gate tolerances found on the replayed batches are widened by this factor
@@ -56,6 +58,9 @@ DISTRIBUTION_MARGIN_MIN, DISTRIBUTION_MARGIN_MAX = 0.25, 2.0
 UNKNOWN_SHARE_MIN, UNKNOWN_SHARE_MAX = 0.02, 0.5
 NULL_SHARE_MAX = 0.15
 
+# a date with its year (2024-01-31, 31/01/2024) or a clock time (08:15): version strings such as
+# 2.1.0 are not times
+TIME_LIKE = r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4}|\d{1,2}:\d{2}"
 GRAINS = ("D", "h", "30min", "15min", "10min", "5min", "min")
 CALENDAR_PARTS = {
     "year": "year",
@@ -124,7 +129,9 @@ class Proposal:
                 for c in self.columns
                 if c.role not in ("numerical", "categorical")
             },
-            "columns": {c.name: c.spec for c in self.columns if c.spec is not None},
+            "columns": {
+                c.name: c.spec for c in self.columns if c.spec is not None and not c.refused
+            },
             "target": self.params["target"],
             "labels": self.params.get("labels"),
             "segments": self.params["evaluation"]["segments"],
@@ -321,7 +328,7 @@ def _text_refusal(values: pd.Series, facts: Facts) -> str | None:
 
 def _looks_like_times(values: pd.Series) -> bool:
     sample = values.dropna().astype(str).head(200)
-    if sample.empty or not sample.str.contains(r"\d[-/:.]\d", regex=True).all():
+    if sample.empty or not sample.str.contains(TIME_LIKE, regex=True).all():
         return False
     parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
     return bool(parsed.notna().all())
@@ -516,6 +523,21 @@ def calendar_features(times: pd.Series, every: str | None, span_days: float) -> 
 
 def _end_of(day: dt.date) -> pd.Timestamp:
     return pd.Timestamp(day) + pd.Timedelta("1D")
+
+
+def window_counts(
+    times: pd.Series, present: np.ndarray, days: Iterable[dt.date], window: int
+) -> np.ndarray:
+    """How many `present` rows each `window`-day window ending on each day holds (rows in
+    time order): what a monitoring window at each replay step has to judge a column on."""
+    ends = np.array([_end_of(day) for day in days], dtype="datetime64[ns]")
+    if not len(ends):
+        return np.zeros(0, dtype=int)
+    ticks = times.to_numpy(dtype="datetime64[ns]")
+    total = np.concatenate([[0], np.cumsum(present.astype(int))])
+    stop = np.searchsorted(ticks, ends, side="left")
+    start = np.searchsorted(ticks, ends - np.timedelta64(window, "D"), side="left")
+    return np.asarray(total[stop] - total[start])
 
 
 # -- the replay plan and the gate's tolerances -----------------------------------------------------
@@ -863,6 +885,8 @@ class _Builder:
         self.warnings: list[str] = []
         self.times = rows[request.time]
         self.every = grain(self.times)
+        self.window = self._monitor_window()
+        self.sparsest: tuple[str, float] | None = None  # feature with fewest values a window
 
     # -- columns and features
 
@@ -895,8 +919,26 @@ class _Builder:
         spec = self._spec(values, facts)
         if reason is not None or spec is None:
             return Column(name, "refused", spec, reason or "no dtype")
+        if facts.nulls and (sparse := self._too_sparse(name, values, facts)) is not None:
+            return Column(name, "refused", spec, sparse)
         role = "numerical" if facts.kind in ("int", "float") else "categorical"
         return Column(name, role, spec, self._observed(values, facts, spec))
+
+    def _too_sparse(self, name: str, values: pd.Series, facts: Facts) -> str | None:
+        """A column with too few values in a monitoring window to judge its drift (the
+        monitor judges no drift at all then); else remember the sparsest for monitor.min_rows."""
+        counts = window_counts(self.times, values.notna().to_numpy(), self.plan.steps, self.window)
+        if not len(counts):
+            return None
+        median, low = float(np.median(counts)), float(np.quantile(counts, 0.1))
+        if median < 2 * MIN_MONITOR_ROWS:
+            return (
+                f"mostly null ({facts.null_share:.0%}): a {self.window}-day monitoring window "
+                f"holds a median of {median:.0f} values, too few to judge its drift"
+            )
+        if self.sparsest is None or low < self.sparsest[1]:
+            self.sparsest = (name, low)
+        return None
 
     def _spec(self, values: pd.Series, facts: Facts) -> dict[str, Any] | None:
         if facts.dtype is None:
@@ -922,7 +964,7 @@ class _Builder:
         else:
             parts.append(f"{facts.distinct} values, open: {self._why_open(values, facts)}")
         if facts.nulls:
-            parts.append(f"{facts.null_share:.1%} null")
+            parts.append(f"{facts.nulls:,} null ({facts.null_share:.1%})")
         return "; ".join(parts)
 
     @staticmethod
@@ -1249,10 +1291,24 @@ class _Builder:
             counts.append(int((inside & (self.labelled.known_at < end)).sum()))
         return float(np.median(counts)) if counts else 0.0
 
+    def _min_rows(self, expected: float) -> int:
+        """A quarter of a typical window, but no more than the sparsest feature's values in
+        nine windows of ten (each feature needs min_rows values for drift to be judged)."""
+        quarter = min(500, int(0.25 * expected))
+        self.notes["monitor.min_rows"] = "a quarter of a typical window"
+        if self.sparsest is not None and self.sparsest[1] < quarter:
+            name, low = self.sparsest
+            quarter = int(low)
+            self.notes["monitor.min_rows"] = (
+                f"every feature needs this many values in a window: {name!r} has at least "
+                f"{low:.0f} in nine windows of ten"
+            )
+        return max(MIN_MONITOR_ROWS, quarter)
+
     def _monitor(self) -> dict[str, Any]:
-        window = self._monitor_window()
+        window = self.window
         expected = self.rate * window
-        min_rows = max(14, min(500, int(0.25 * expected)))
+        min_rows = self._min_rows(expected)
         labelled = self._labelled_per_window(window)
         min_labelled = max(14, min(200, int(0.5 * labelled)))
         large = expected >= 1000
@@ -1261,7 +1317,6 @@ class _Builder:
             f"~{expected:,.0f} rows at {self.rate:,.1f} rows a day "
             f"(the shortest of {list(MONITOR_WINDOWS)} days holding {WINDOW_ROWS})"
         )
-        self.notes["monitor.min_rows"] = "a quarter of a typical window"
         self.notes["monitor.min_labelled_rows"] = (
             f"half the labelled rows a window held at the replay's steps (median {labelled:.0f})"
         )
@@ -1275,7 +1330,12 @@ class _Builder:
             if seasonal
             else "all of the champion's training rows (less than two years: no season repeats)"
         )
-        cooldown = min(28, max(self.plan.step_days, window))
+        replayed = (self.plan.end - self.plan.initial_until).days
+        cooldown = 28 if replayed >= 4 * 28 else max(self.plan.step_days, replayed // 4)
+        self.notes["monitor.cooldown_days"] = (
+            "at most one drift-triggered retrain in this many days: a week of real data often "
+            "differs from the training rows in some column"
+        )
         return {
             "experiment": f"{self.name}-monitor",
             "window_days": window,
@@ -1423,15 +1483,31 @@ def _flow(value: Any) -> str:
     return text.removesuffix("\n...\n").rstrip("\n")
 
 
-def _quoted(value: Any, names: set[str]) -> Any:
-    """Column names (and text values) marked for quoting, for readability and round-tripping."""
+def _quoted(value: Any) -> Any:
+    """Text marked for double quotes (column names, category values): readable, and safe for
+    names with spaces, punctuation or words YAML would read as something else."""
     if isinstance(value, str):
-        return _Quoted(value) if value in names else value
+        return _Quoted(value)
     if isinstance(value, list):
-        return [_quoted(v, names) for v in value]
+        return [_quoted(v) for v in value]
     if isinstance(value, dict):
-        return {_quoted(k, names): _quoted(v, names) for k, v in value.items()}
+        return {_quoted(k): _quoted(v) for k, v in value.items()}
     return value
+
+
+# keys whose values name columns: quoted
+NAME_KEYS = frozenset(
+    {
+        "data.timestamp_column",
+        "data.id_column",
+        "target.column",
+        "labels.join_column",
+        "labels.time_column",
+        "features.numerical",
+        "features.categorical",
+        "evaluation.segments",
+    }
+)
 
 
 NOTE_COLUMN = 40
@@ -1485,9 +1561,6 @@ SECTION_NOTES = {
 def render(proposal: Proposal) -> str:
     """The params file: header, then each section with a comment per non-obvious key.
     Checked to load back as exactly the proposed mapping."""
-    names = {c.name for c in proposal.columns}
-    for column in proposal.columns:
-        names.update(str(v) for v in (column.spec or {}).get("allowed", []) if isinstance(v, str))
     out = [line for paragraph in proposal.header for line in _comment(paragraph)]
     for section, values in proposal.params.items():
         out += ["", f"# {SECTION_NOTES[section]}", f"{section}:"]
@@ -1495,21 +1568,30 @@ def render(proposal: Proposal) -> str:
             note = proposal.notes.get(f"{section}.{key}")
             if section == "data" and key == "columns":
                 out += _line(key, "", "raw schema of a batch (besides the timestamp)", 2)
-                out += _column_lines(proposal, names)
+                out += _column_lines(proposal)
                 continue
-            out += _line(_flow(key), _flow(_quoted(value, names)), note, 2)
+            shown = _quoted(value) if f"{section}.{key}" in NAME_KEYS else value
+            out += _entry(key, shown, note)
     text = "\n".join(out) + "\n"
     if yaml.safe_load(text) != proposal.params:
         raise RuntimeError("the rendered params do not load back as proposed")
     return text
 
 
-def _column_lines(proposal: Proposal, names: set[str]) -> list[str]:
+def _entry(key: str, value: Any, note: str | None) -> list[str]:
+    """One key of a section: a long list as a block list, anything else on one line."""
+    lines = _line(_flow(key), _flow(value), note, 2)
+    if not isinstance(value, list) or len(lines[-1]) <= WIDTH:
+        return lines
+    return [*_line(_flow(key), "", note, 2), *(f"    - {_flow(v)}" for v in value)]
+
+
+def _column_lines(proposal: Proposal) -> list[str]:
     lines = []
     for column in proposal.columns:
         if column.spec is None or column.refused or column.role == "timestamp":
             continue
-        spec = _flow(_quoted(column.spec, names))
+        spec = _flow(_spec_shown(column.spec))
         lines += _line(_flow(_Quoted(column.name)), spec, column.note, 4)
     refused = [c for c in proposal.columns if c.refused]
     if refused:
@@ -1517,9 +1599,15 @@ def _column_lines(proposal: Proposal, names: set[str]) -> list[str]:
             "    # refused as features, not declared (kept in the batch files, unchecked):"
         )
     for column in refused:
-        spec = _flow(_quoted(column.spec, names)) if column.spec else "null"
+        spec = _flow(_spec_shown(column.spec)) if column.spec else "null"
         lines += _comment(f"{_flow(_Quoted(column.name))}: {spec}  -- {column.note}", 4)
     return lines
+
+
+def _spec_shown(spec: dict[str, Any]) -> dict[str, Any]:
+    if "allowed" not in spec:
+        return spec
+    return {**spec, "allowed": _quoted(spec["allowed"])}
 
 
 def write_params(path: Path, text: str, force: bool) -> None:

@@ -15,6 +15,7 @@ import yaml
 from driftloop import scaffold
 from driftloop.config import SourceSpec, load_params
 from driftloop.errors import ConfigError, IngestError
+from driftloop.replay import step_calendar
 
 DAYS = pd.date_range("2024-01-01", periods=120, freq="D")
 
@@ -377,3 +378,32 @@ def test_the_model_name_comes_from_the_source() -> None:
     sql = SourceSpec(kind="sql", url_env="DB", table="sales.2024_Événements")
     assert scaffold.model_name(request(source=sql)) == "m_2024_evenements"
     assert scaffold.model_name(request(name="Late Flights!")) == "late_flights"
+
+
+def test_a_feature_too_sparse_to_monitor_is_refused_and_bounds_min_rows() -> None:
+    rows = table()
+    rng = np.random.default_rng(4)
+    rows["gust"] = np.where(rng.random(len(rows)) < 0.8, np.nan, rng.uniform(15, 60, len(rows)))
+    rows["hail"] = np.where(rng.random(len(rows)) < 0.95, np.nan, rng.uniform(0, 3, len(rows)))
+    proposal = scaffold.propose(rows, request(), now=NOW)
+    monitor = proposal.params["monitor"]
+    assert monitor["window_days"] == 28  # 8 rows a day: the shortest window holding 200
+    reason = proposal.summary()["refused"]["hail"]
+    assert reason.startswith("mostly null (95%): a 28-day monitoring window holds a median of")
+    assert "gust" in proposal.params["features"]["numerical"]
+    present = rows.sort_values("placed at")["gust"].notna().to_numpy()
+    times = rows["placed at"].sort_values().reset_index(drop=True)
+    plan = proposal.params["replay"]
+    first, end = (dt.date.fromisoformat(plan[k]) for k in ("initial_until", "end"))
+    steps = step_calendar(first, end, plan["step_days"])
+    counts = scaffold.window_counts(times, present, steps, 28)
+    assert monitor["min_rows"] == int(np.quantile(counts, 0.1)) < 0.25 * 224
+    assert "'gust' has at least" in proposal.notes["monitor.min_rows"]
+
+
+def test_window_counts() -> None:
+    times = pd.Series(pd.date_range("2024-01-01", periods=30, freq="D"))
+    present = np.arange(30) % 2 == 0
+    days = [dt.date(2024, 1, 7), dt.date(2024, 1, 30)]
+    assert scaffold.window_counts(times, present, days, 7).tolist() == [4, 3]
+    assert scaffold.window_counts(times, present, [], 7).tolist() == []
