@@ -200,3 +200,23 @@ def test_a_sqlite_table_with_labels_in_another_table(
     from driftloop.sources import ENGINES
 
     ENGINES.clear()
+
+
+def test_a_folder_of_weekly_drops(project: Project) -> None:
+    table = owndata.events(days=35, per_day=30)
+    rows = owndata.rows_only(table).merge(table[[owndata.ID, owndata.LABEL]])
+    drops = project.root / "drops"
+    drops.mkdir()
+    for week, part in rows.groupby(rows[owndata.TIME].dt.isocalendar().week):
+        part.to_parquet(drops / f"week-{week:02d}.parquet", index=False)
+    summary = init(
+        "drops/*.parquet",
+        *("--time", owndata.TIME, "--id", owndata.ID, "--target", owndata.LABEL),
+        "--out",
+        "models/drops.yaml",
+    )
+    assert summary["name"] == "drops" and summary["rows"] == len(rows)
+    params = load_params(project.root / "models" / "drops.yaml")
+    assert params.data.source.kind == "folder" and params.data.source.path == "drops/*.parquet"
+    first = cli("--params", "models/drops.yaml", "ingest", "--json").json()
+    assert first["rows"] == len(rows) and len(first["paths"]) == len(list(drops.iterdir()))
