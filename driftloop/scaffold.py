@@ -41,6 +41,7 @@ OPTIONAL_BATCH_NULL_SHARE = 0.10  # ... or null in more than this in any one rep
 ID_LIKE_SHARE = 0.9  # a text column with distinct values in this share of its rows is an id
 TOO_MANY_SHARE = 0.5  # a text column with more distinct values than this share of its rows ...
 TOO_MANY_VALUES = 1000  # ... or more than this many is free text, not a category
+CALENDAR_MATCH = 0.75  # an int column equal to a part of the timestamp this often (another zone)
 TREND_CORRELATION = 0.98  # |rank correlation with time| above this: a counter or a running total
 LEAK_AUC = 0.99  # a numeric column that alone separates the label this well copies it
 LEAK_ACCURACY = 0.99  # a categorical column whose values give the label this often copies it
@@ -339,8 +340,9 @@ def _numeric_refusal(values: pd.Series, facts: Facts, times: pd.Series) -> str |
     if facts.kind == "int":
         for part, attribute in CALENDAR_PARTS.items():
             derived = getattr(times.dt, attribute).to_numpy()
-            if present.sum() and (values.to_numpy()[present] == derived[present]).mean() >= 0.99:
-                return f"the timestamp's {part}: features.calendar derives it"
+            same = (values.to_numpy()[present] == derived[present]).mean() if present.any() else 0
+            if same >= CALENDAR_MATCH:
+                return f"the timestamp's {part} (in {same:.0%} of rows): a calendar feature"
         if facts.present >= 20 and facts.distinct >= 0.99 * facts.present:
             rho = _rank_correlation(values, times)
             if abs(rho) < TREND_CORRELATION:

@@ -110,7 +110,15 @@ def test_usable_columns_are_not_refused() -> None:
         (list(pd.date_range("2024-01-01", periods=50)), "a second time column"),
         (
             list(pd.date_range("2024-01-01 08:00", periods=50, freq="37min").hour),
-            "the timestamp's hour",
+            "the timestamp's hour (in 100% of rows)",
+        ),
+        (  # the day of the month in a time zone 5 hours behind the timestamp's
+            list(
+                (
+                    pd.date_range("2024-01-01 08:00", periods=50, freq="37min") - pd.Timedelta("5h")
+                ).day
+            ),
+            "the timestamp's day (in 8",
         ),
         (list(np.arange(50) * 3.5 + 10), "follows the time (rank correlation +1.000)"),
         (list(range(5000, 5050))[::-1], "follows the time (rank correlation -1.000)"),
