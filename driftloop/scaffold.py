@@ -985,7 +985,7 @@ class _Builder:
         if known.empty:
             return f"{self.target.note}: no row has a label yet"
         return (
-            f"{self.target.note}, in label batches: {share:.0%} of rows labelled, 80 % of them "
+            f"{self.target.note}, in label batches: {share:.0%} of rows labelled, 80% of them "
             f"{known.quantile(0.1):.1f} to {known.quantile(0.9):.1f} days after the event"
         )
 
@@ -1432,8 +1432,12 @@ class _Builder:
             "- the gate's tolerances (null share, unseen categories, distribution margin): the "
             f"worst that the replay's batches of this data meet, x{SAFETY:g}, so `run` and "
             "`replay` pass on it unchanged;",
-            f"- features: every usable column; {refused} refused, each listed with its reason "
-            "at the end of data.columns;",
+            "- features: every usable column"
+            + (
+                f"; {refused} refused, each listed with its reason at the end of data.columns;"
+                if refused
+                else " (none was refused);"
+            ),
             "- sizes (monitor window, replay steps, holdouts): from the rate of rows a day.",
             "",
             "Check before you rely on it:",
