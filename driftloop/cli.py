@@ -242,6 +242,76 @@ def _given_file(path: str) -> Any:
 
 
 @app.command()
+def init(
+    path: str = typer.Argument(
+        None, help="Your rows: a CSV/Parquet file, a folder or a glob of drops"
+    ),
+    time: str = typer.Option(None, "--time", help="The timestamp column (event time)"),
+    target: str = typer.Option(
+        None, "--target", help="The label column: 0/1, true/false, or a number with --above"
+    ),
+    id_column: str = typer.Option(None, "--id", help="The unique row key (needed with --labels)"),
+    labels: str = typer.Option(
+        None,
+        "--labels",
+        help="Where labels arrive later: a file, folder or glob (with --url-env: a table or a "
+        "SELECT)",
+    ),
+    label_time: str = typer.Option(
+        None, "--label-time", help="The labels' column saying when each became known"
+    ),
+    above: float = typer.Option(None, "--above", help="Numeric target: label = value > X"),
+    at_least: float = typer.Option(None, "--at-least", help="Numeric target: label = value >= X"),
+    url_env: str = typer.Option(
+        None, "--url-env", help="SQL: the environment variable holding the SQLAlchemy URL"
+    ),
+    table: str = typer.Option(None, "--table", help="SQL: the table of rows"),
+    query: str = typer.Option(None, "--query", help="SQL: a SELECT giving the rows"),
+    name: str = typer.Option(None, "--name", help="Model name (default: the file or table's)"),
+    out: str = typer.Option("params.yaml", "--out", help="The params file to write"),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary"),
+) -> None:
+    """Propose a commented params file for your own table: dtypes, ranges, allowed values,
+    features (unusable columns refused with a reason), training, monitoring and replay sized
+    to the data. Examples:
+    `driftloop init exports/events.csv --time "event time" --id "event id" --target returned`,
+    `driftloop init events.csv --time ts --id id --target returned --labels labels.csv
+    --label-time known_at --out models/returns.yaml`,
+    `driftloop init --url-env DB_URL --table events --time ts --id id --target amount
+    --above 100`. Exit 2: a wrong name or option (nothing written); exit 3: unreadable data.
+    """
+    from pathlib import Path
+
+    from driftloop import scaffold
+    from driftloop.config import Settings
+
+    with json_stdout(as_json):
+        try:
+            if time is None or target is None:
+                raise ConfigError("init needs --time COLUMN and --target COLUMN")
+            project = Settings().project
+            request = scaffold.InitRequest(
+                source=scaffold.given_source(path, url_env, table, query, project),
+                time=time,
+                target=target,
+                id=id_column,
+                labels=scaffold.given_labels(labels, url_env, project),
+                label_time=label_time,
+                above=above,
+                at_least=at_least,
+                name=name,
+            )
+            written, proposal = scaffold.scaffold(request, project, Path(out).absolute(), force)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        summary = {"path": str(written), **proposal.summary()}
+        text = f"{written}\n" + "".join(f"warning: {w}\n" for w in proposal.warnings)
+        _emit(summary, as_json, text.rstrip("\n"))
+
+
+@app.command()
 def validate() -> None:
     """Re-check all accepted data with the validation suite (the `validate` DVC stage)."""
     from driftloop import ingest as ingest_stage

@@ -46,9 +46,14 @@ class Step:
 
 def step_dates(params: Params) -> list[dt.date]:
     """The dates at which a new batch arrives: every step_days after initial_until up to end."""
-    start = dt.date.fromisoformat(params.replay.initial_until)
-    end = dt.date.fromisoformat(params.replay.end)
-    step = dt.timedelta(days=params.replay.step_days)
+    spec = params.replay
+    start, end = dt.date.fromisoformat(spec.initial_until), dt.date.fromisoformat(spec.end)
+    return step_calendar(start, end, spec.step_days)
+
+
+def step_calendar(start: dt.date, end: dt.date, step_days: int) -> list[dt.date]:
+    """Every step_days after start up to end, and end itself (the last step may be shorter)."""
+    step = dt.timedelta(days=step_days)
     dates: list[dt.date] = []
     while start + step * (len(dates) + 1) <= end:
         dates.append(start + step * (len(dates) + 1))
