@@ -45,6 +45,7 @@ CALENDAR_MATCH = 0.75  # an int column equal to a part of the timestamp this oft
 TREND_CORRELATION = 0.98  # |rank correlation with time| above this: a counter or a running total
 LEAK_AUC = 0.99  # a numeric column that alone separates the label this well copies it
 LEAK_ACCURACY = 0.99  # a categorical column whose values give the label this often copies it
+LEAK_SUSPECT_AUC = 0.85  # a numeric column separating the label this well alone is worth a look
 SEGMENT_MAX_VALUES = 12  # a segment column has 2 to this many values
 INITIAL_SHARES = (0.25, 0.3, 0.35, 0.4, 0.5, 0.6)  # replay: first model's share of the time span
 MIN_FIT_ROWS = 100  # labelled rows the first model trains on (at least)
@@ -311,7 +312,8 @@ def refusal(
         reason = _numeric_refusal(values, facts, times)
     else:
         reason = None
-    return reason or (_leak(values, facts, y) if y is not None else None)
+    leak = _leak(values, facts, y) if y is not None else None
+    return leak or reason  # a copy of the label is the reason that matters most
 
 
 def _text_refusal(values: pd.Series, facts: Facts) -> str | None:
@@ -340,6 +342,8 @@ def _numeric_refusal(values: pd.Series, facts: Facts, times: pd.Series) -> str |
     if facts.kind == "int":
         for part, attribute in CALENDAR_PARTS.items():
             derived = getattr(times.dt, attribute).to_numpy()
+            if len(np.unique(derived[present])) < 2:
+                continue  # a part that never changes (the hour of daily data) matches anything
             same = (values.to_numpy()[present] == derived[present]).mean() if present.any() else 0
             if same >= CALENDAR_MATCH:
                 return f"the timestamp's {part} (in {same:.0%} of rows): a calendar feature"
@@ -388,6 +392,21 @@ def _leak(values: pd.Series, facts: Facts, y: pd.Series) -> str | None:
     if accuracy >= LEAK_ACCURACY and (1 - accuracy) <= 0.1 * (1 - base):
         return f"a near-copy of the target (its value gives the label in {accuracy:.1%} of rows)"
     return None
+
+
+def suspected_leak(values: pd.Series, facts: Facts, y: pd.Series | None) -> str | None:
+    """A numeric feature that alone separates the label well: often a value filled in after the
+    outcome (a repair cost, a refund). Kept, with a warning to check when it is known."""
+    if y is None or facts.kind not in ("int", "float"):
+        return None
+    known = y.notna().to_numpy() & values.notna().to_numpy()
+    labels = y.to_numpy()[known].astype(int)
+    if known.sum() < 30 or labels.min() == labels.max():
+        return None
+    auc = _auc(values.to_numpy()[known].astype(float), labels)
+    if max(auc, 1 - auc) < LEAK_SUSPECT_AUC:
+        return None
+    return None if max(auc, 1 - auc) >= LEAK_AUC else f"ROC AUC {max(auc, 1 - auc):.3f}"
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -924,6 +943,11 @@ class _Builder:
         if facts.nulls and (sparse := self._too_sparse(name, values, facts)) is not None:
             return Column(name, "refused", spec, sparse)
         role = "numerical" if facts.kind in ("int", "float") else "categorical"
+        if (suspect := suspected_leak(values, facts, y)) is not None:
+            self.warnings.append(
+                f"{name!r} alone separates the label ({suspect}): make sure it is known when "
+                "the prediction is made (a value filled in after the outcome leaks it)"
+            )
         return Column(name, role, spec, self._observed(values, facts, spec))
 
     def _too_sparse(self, name: str, values: pd.Series, facts: Facts) -> str | None:
@@ -1161,13 +1185,20 @@ class _Builder:
             )
             return out
         column, (need, where) = worst
-        margin = max(DISTRIBUTION_MARGIN_MIN, _ceil(need * SAFETY, 0.05))
+        margin = (
+            math.inf
+            if math.isinf(need)
+            else max(DISTRIBUTION_MARGIN_MIN, _ceil(need * SAFETY, 0.05))
+        )
         if margin > DISTRIBUTION_MARGIN_MAX:
             out["distribution_check"] = False
             out["distribution_margin"] = DISTRIBUTION_MARGIN_MIN
             self.notes["validation.distribution_check"] = (
                 f"off: {column!r} in {where} lies {need:.1f} quantile ranges outside the "
                 "accepted data; a check that loose would catch nothing"
+                if math.isfinite(need)
+                else f"off: {column!r} is almost always one value (its 1-99% range is a point), "
+                f"and {where} moves off it"
             )
             self.warnings.append(f"distribution check off: {column!r} moves too far ({where})")
             return out

@@ -130,6 +130,23 @@ def test_each_reason_to_refuse_a_column(values: list[object], reason: str) -> No
     assert got is not None and got.startswith(reason), got
 
 
+def test_a_part_of_the_time_that_never_changes_is_no_calendar_match() -> None:
+    """Daily timestamps all sit at hour 0: a mostly-zero cost column is not the hour."""
+    days = pd.Series(pd.date_range("2024-01-01", periods=200, freq="D"))
+    cost = pd.Series(np.where(np.arange(200) % 25 == 0, 1200, 0))
+    assert scaffold.refusal("cost", cost, scaffold.column_facts(cost), days, None) is None
+
+
+def test_a_column_that_separates_the_label_well_is_kept_with_a_warning() -> None:
+    rng = np.random.default_rng(5)
+    y = pd.Series((rng.random(400) < 0.3).astype(float))
+    repair = pd.Series(np.where((y == 1) & (rng.random(400) < 0.9), rng.uniform(100, 900, 400), 0))
+    facts = scaffold.column_facts(repair)
+    assert scaffold.suspected_leak(repair, facts, y) is not None
+    noise = pd.Series(rng.normal(0, 1, 400))
+    assert scaffold.suspected_leak(noise, scaffold.column_facts(noise), y) is None
+
+
 def test_a_near_copy_of_the_target_is_refused() -> None:
     rng = np.random.default_rng(2)
     y = (rng.random(200) < 0.3).astype(float)
