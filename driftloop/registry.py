@@ -275,6 +275,9 @@ def log_training_run(
         for file in record.files:
             if file.exists():
                 mlflow.log_artifact(str(file), artifact_path="lineage")
+        # integer inputs declared as doubles: a missing value at serving time would otherwise
+        # break the schema (MLflow warns about it at every log)
+        example = example.astype({c: "float64" for c in example.select_dtypes("integer")})
         proba = model.predict_proba(example)[:, 1]
         info = mlflow.sklearn.log_model(
             model,
