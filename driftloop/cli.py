@@ -698,6 +698,103 @@ def experiment_stop(
         _emit(payload, as_json, payload["message"])
 
 
+ledger_app = typer.Typer(
+    no_args_is_help=True,
+    help="The decision ledger: every promotion, rollback, retrain claim and experiment, "
+    "append-only and hash-chained (embedded SQLite, or DRIFTLOOP_STATE_URL).\n\n"
+    "Examples:\n\n  driftloop ledger verify             # the chain, and each champion's alias\n\n"
+    "  driftloop ledger verify --repair    # bring MLflow aliases in line with the ledger\n\n"
+    "  driftloop ledger show --json",
+)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    repair: bool = typer.Option(
+        False, "--repair", help="Move MLflow champion aliases to the ledger's (recorded)"
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recompute the hash chain (names any edited, removed or reordered event) and check that
+    every model's MLflow champion alias agrees with the ledger (exit 9 if not)."""
+    from driftloop import champion, registry
+
+    with json_stdout(as_json):
+        try:
+            params, settings = _context()
+            store = champion.store_of(settings)
+            check = store.verify()
+            client = registry.connect(settings)
+            models = sorted({r.event.model for r in store.events()} | {params.train.model_name})
+            aliases = {}
+            for name in models:
+                mended = champion.reconcile(settings, client, name) if repair else None
+                ledger_v = store.champion(name)
+                alias_v = champion.alias_version(client, name)
+                aliases[name] = {
+                    "ledger": ledger_v,
+                    "alias": alias_v,
+                    "agree": ledger_v == alias_v,
+                    "repaired": mended.reason if mended else None,
+                }
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        ok = check.ok and all(a["agree"] for a in aliases.values())
+        payload = {
+            "ok": ok,
+            "events": check.events,
+            "problems": check.problems,
+            "models": aliases,
+            "store": store.safe_url,
+        }
+        lines = [
+            f"ledger {store.safe_url}: {check.events} events, chain "
+            + ("intact" if check.ok else "BROKEN")
+        ]
+        lines += [f"  {p}" for p in check.problems]
+        lines += [
+            f"  {name}: ledger v{a['ledger']}, alias v{a['alias']}"
+            + ("" if a["agree"] else "  DISAGREE (driftloop ledger verify --repair)")
+            + (f"  repaired: {a['repaired']}" if a["repaired"] else "")
+            for name, a in aliases.items()
+        ]
+        _emit(payload, as_json, "\n".join(lines))
+        if not ok:
+            raise typer.Exit(9)
+
+
+@ledger_app.command("show")
+def ledger_show(
+    all_models: bool = typer.Option(False, "--all", help="Every model's events"),
+    last: int = typer.Option(20, help="Show the last N events"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The ledger's events (this model's, or --all), newest last."""
+    from driftloop import champion
+
+    with json_stdout(as_json):
+        try:
+            params, settings = _context()
+            store = champion.store_of(settings)
+            events = store.events(None if all_models else params.train.model_name)[-last:]
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        rows = [e.to_dict() for e in events]
+        text = (
+            "\n".join(
+                f"{r['seq']:>5} {r['at'][:19]} {r['model']} {r['kind']:16s} "
+                f"{('v' + str(r['version'])) if r.get('version') else '':6s} "
+                f"{r.get('decision') or r.get('outcome') or ''} {r.get('reason', '')[:90]}"
+                for r in rows
+            )
+            or "no events"
+        )
+        _emit(rows, as_json, text)
+
+
 stack_app = typer.Typer(
     no_args_is_help=True,
     help="The scale-out stack on this machine: Prefect server (PostgreSQL, Redis) with two "
