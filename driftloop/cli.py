@@ -698,6 +698,49 @@ def experiment_stop(
         _emit(payload, as_json, payload["message"])
 
 
+alerts_app = typer.Typer(
+    no_args_is_help=True,
+    help="Alerts through Prefect automations: drift, retrain, promotion, rollback, cannot "
+    "evaluate and experiment guardrail events sent to a webhook (Slack, Teams, e-mail gateways).",
+)
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("add")
+def alerts_add(
+    kind: str = typer.Argument(..., help="'webhook'"),
+    url: str = typer.Argument(..., help="Where to POST each event (JSON)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Send every driftloop event to a webhook, on the Prefect server in PREFECT_API_URL.
+
+    Example: `driftloop alerts add webhook https://hooks.slack.com/services/...`.
+    """
+    with json_stdout(as_json):
+        try:
+            if kind != "webhook":
+                raise ConfigError(f"alerts add {kind!r}: only 'webhook' is supported")
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"alerts add webhook {url!r}: not an http(s) URL")
+            _context()
+            if not os.environ.get("PREFECT_API_URL"):
+                raise ConfigError(
+                    "alerts need a Prefect server: set PREFECT_API_URL (driftloop stack up, "
+                    "or prefect server start)"
+                )
+            from tasks.alerts import add_webhook
+
+            made = add_webhook(url)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        _emit(
+            {"url": url, **made},
+            as_json,
+            f"driftloop events -> {url} (automation {made['automation']})",
+        )
+
+
 ledger_app = typer.Typer(
     no_args_is_help=True,
     help="The decision ledger: every promotion, rollback, retrain claim and experiment, "
