@@ -376,11 +376,11 @@ def register_two_models(project: Project) -> None:
     rng = np.random.default_rng(0)
     X = pd.DataFrame({"a": rng.normal(size=60)})
     mlflow.set_experiment("experiments-test")
-    with mlflow.start_run() as run:
-        model = LogisticRegression().fit(X, (X["a"] > 0).astype(int))
-        info = mlflow.sklearn.log_model(model, name="model", serialization_format="pickle")
-        mlflow.set_tag(COMPLETE_TAG, "true")
-    for version in ("1", "2"):
+    model = LogisticRegression().fit(X, (X["a"] > 0).astype(int))
+    for version in ("1", "2"):  # one training run each: a run's earlier versions are orphans
+        with mlflow.start_run() as run:
+            info = mlflow.sklearn.log_model(model, name="model", serialization_format="pickle")
+            mlflow.set_tag(COMPLETE_TAG, "true")
         ref = registry.register(client, project.model_name, run.info.run_id, info.model_uri, {})
         assert ref.version == version
     registry.set_alias(client, project.model_name, registry.CHAMPION, "1")
