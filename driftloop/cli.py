@@ -698,6 +698,38 @@ def experiment_stop(
         _emit(payload, as_json, payload["message"])
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Checks of the versioned data.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("verify")
+def data_verify(
+    remote: bool = typer.Option(False, "--remote", help="Also rehash the default remote's copies"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Rehash every DVC object of the project (and the remote): a flipped byte is named with
+    the file it holds (exit 3). DVC itself trusts its state database and misses bit rot.
+
+    Repair: delete the object and `dvc fetch` it (cache), or delete it on the remote and
+    `dvc push` (remote)."""
+    from driftloop import versioning
+
+    with json_stdout(as_json):
+        try:
+            settings = _context()[1]
+            checked, bad = versioning.verify_objects(settings.project, remote=remote)
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        payload = {"checked": checked, "corrupt": [b.__dict__ for b in bad], "ok": not bad}
+        text = "\n".join(
+            [f"{checked} objects rehashed, {len(bad)} corrupt", *(b.line() for b in bad)]
+        )
+        _emit(payload, as_json, text)
+        if bad:
+            raise typer.Exit(3)
+
+
 alerts_app = typer.Typer(
     no_args_is_help=True,
     help="Alerts through Prefect automations: drift, retrain, promotion, rollback, cannot "

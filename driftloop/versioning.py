@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +87,73 @@ def git_commit(root: Path) -> str:
         return "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return f"{head}-dirty" if dirty else head
+
+
+# -- corruption checks -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Corrupt:
+    """A DVC object whose content no longer hashes to its name."""
+
+    where: str  # "cache" or "remote"
+    oid: str
+    path: str  # the object's path in the cache or on the remote
+    actual_md5: str
+    tracked: str  # the project file it holds ("?" when no .dvc file names it)
+
+    def line(self) -> str:
+        return (
+            f"corrupt {self.where} object {self.oid} ({self.tracked}) at {self.path}: "
+            f"its content hashes to {self.actual_md5}"
+        )
+
+
+def _md5_of(fs: Any, path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tracked_names(repo: Any) -> dict[str, str]:
+    """Which project file each object holds, from the .dvc files and their folder manifests."""
+    names: dict[str, str] = {}
+    for out in (o for stage in repo.index.stages for o in stage.outs):
+        oid = (out.hash_info.value or "") if out.hash_info else ""
+        if not oid:
+            continue
+        names[oid] = str(out.fs_path)
+        if oid.endswith(".dir"):
+            with contextlib.suppress(Exception):
+                cache = repo.cache.local
+                with cache.fs.open(cache.oid_to_path(oid), "rb") as handle:
+                    for entry in json.load(handle):
+                        names[entry["md5"]] = f"{out.fs_path}/{entry['relpath']}"
+    return names
+
+
+def verify_objects(root: Path, *, remote: bool = False) -> tuple[int, list[Corrupt]]:
+    """Rehash every object in the DVC cache (and the default remote): DVC trusts its state
+    database (inode, mtime, size), so a flipped byte that keeps the mtime goes unseen by
+    `dvc status`, and `dvc fetch` drops a corrupt remote copy silently. Returns (objects
+    checked, the corrupt ones, each named with the project file it holds)."""
+    with contextlib.closing(_repo(root)) as repo:
+        names = _tracked_names(repo)
+        stores = [("cache", repo.cache.local)]
+        if remote:
+            try:
+                stores.append(("remote", repo.cloud.get_remote_odb()))
+            except Exception as exc:
+                reason = exc.__class__.__name__
+                raise IngestError(f"{root}: no DVC remote to verify ({reason})") from None
+        checked, bad = 0, []
+        for where, odb in stores:
+            for oid in odb.all():
+                checked += 1
+                path = odb.oid_to_path(oid)
+                actual = _md5_of(odb.fs, path)
+                if actual != oid.split(".")[0]:
+                    bad.append(Corrupt(where, oid, str(path), actual, names.get(oid, "?")))
+    return checked, bad
