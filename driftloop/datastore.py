@@ -281,22 +281,21 @@ def label_columns(params: Params) -> tuple[str, str]:
     return params.join_column, params.target.column
 
 
-def load_labels(
+def read_label_rows(
     labels_dir: Path, params: Params, *, as_of: TimeBound | None = None
 ) -> pd.DataFrame:
-    """Accepted labels known at `as_of` (label_time <= as_of): one per join value, the earliest.
+    """Every stored label row with label_time <= as_of, as written (`labels.accepted` picks one
+    per join value).
 
     Returns:
-        Columns [join column, target.column, label_time], sorted by (label_time, join column).
+        Columns [join column, target.column, label_time], in batch-file order.
     """
     join, label = label_columns(params)
     frame = _concat(labels_dir, None, as_of)
     if frame is None:
         return pd.DataFrame({join: [], label: [], LABEL_TIME: pd.Series([], dtype=NS_DTYPE)})
     frame = frame[[join, label, LABEL_TIME]].assign(**{LABEL_TIME: as_ns(frame[LABEL_TIME])})
-    frame = frame.loc[time_mask(frame[LABEL_TIME], None, as_of)]
-    frame = frame.sort_values([LABEL_TIME, join], kind="stable")
-    return frame.drop_duplicates(subset=join, keep="first").reset_index(drop=True)
+    return frame.loc[time_mask(frame[LABEL_TIME], None, as_of)].reset_index(drop=True)
 
 
 def write_manifest(raw_dir: Path, manifest: Path, data_md5: str) -> None:

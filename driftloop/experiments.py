@@ -500,9 +500,9 @@ def labelled_arms(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(champion, challenger) rows with a label, in time order; in shadow, only the ids both
     models scored (paired row by row)."""
-    known = labels.dropna(subset=["label"]).drop_duplicates("prediction_id", keep="last")
-    joined = rows.merge(known[["prediction_id", "label"]], on="prediction_id", how="inner")
-    joined = joined.sort_values(["time", "prediction_id"], kind="stable")
+    from driftloop.labels import join_predictions
+
+    joined = join_predictions(rows, labels).sort_values(["time", "prediction_id"], kind="stable")
     champ = joined[joined["arm"] == "champion"].drop_duplicates("prediction_id")
     chal = joined[joined["arm"] == "challenger"].drop_duplicates("prediction_id")
     if state.kind == "shadow":
@@ -826,13 +826,14 @@ def experiment_status(settings: Settings, model_name: str) -> dict[str, Any]:
 
 
 def read_experiment_log(params: Params, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(predictions, labels) through the service's readers: its prediction log, and feedback as
-    binary labels per prediction (by data id: shadow rows share the champion's prediction id)."""
-    from driftloop.serving.feedback import feedback_labels
+    """(predictions, labels): the service's prediction log, and the labels known for it (feedback
+    and label batches, by `driftloop.labels`' rule) as binary labels per prediction (by data id:
+    shadow rows share the champion's prediction id)."""
+    from driftloop import labels as known
     from driftloop.serving.predlog import read_prediction_log
 
     predictions = read_prediction_log(params, settings)
-    labels = feedback_labels(params, settings, predictions)
+    labels = known.for_predictions(predictions, known.known_labels(params, settings), params)
     columns = [c for c in PREDICTION_COLUMNS if c in predictions]
     return predictions[columns], labels[list(LABEL_COLUMNS)]
 

@@ -208,21 +208,6 @@ def make_dataset(frame: pd.DataFrame, params: Params, *, labelled_only: bool = T
     )
 
 
-def attach_labels(frame: pd.DataFrame, labels: pd.DataFrame, params: Params) -> pd.DataFrame:
-    """Rows with their explicit label joined from label batches (NaN: not arrived yet).
-
-    A label already present in the row wins; a forecast target needs no label batches.
-    """
-    column, join = params.target.column, params.join_column
-    if column is None or join is None or labels.empty:
-        return frame
-    arrived = labels.drop_duplicates(join, keep="last").set_index(join)[column]
-    joined = frame[join].map(arrived)
-    out = frame.copy()
-    out[column] = out[column].where(out[column].notna(), joined) if column in out else joined
-    return out
-
-
 def split_by_time(data: Dataset, holdout_days: int) -> tuple[Dataset, Dataset]:
     """Time-ordered split: rows of the last `holdout_days` are the holdout (cut on timestamps)."""
     if len(data) == 0:

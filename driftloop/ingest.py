@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from driftloop import datastore, jsonio, profiles, versioning
+from driftloop import datastore, jsonio, labels, profiles, versioning
 from driftloop.config import Params, Settings, SourceSpec, source_spec
 from driftloop.datastore import LABEL_TIME, label_columns
 from driftloop.errors import ConfigError, IngestError, ValidationFailed
@@ -533,7 +533,7 @@ def ingest_label_source(
     labels_dir = settings.path(params.data.labels_dir)
     with versioning.project_lock(settings.lock_dir, DATA_LOCK):
         ledger = SourceLedger.of(settings, params.train.model_name, role.name)
-        known = datastore.load_labels(labels_dir, params)
+        known = labels.accepted(labels_dir, params)
         newest = known[LABEL_TIME].max() if len(known) else None
         after = newest if spec.kind == "bundled" else start_of_new(params, newest)
         read = read_source(spec, role, settings, ledger, after=after, until=as_bound(until))
@@ -620,7 +620,7 @@ def _gate_and_store_labels(
         return IngestResult(raw.origin, 0, recorded)
     clock = pd.Timestamp(now if now is not None else dt.datetime.now()).floor("s")
     accepted = _accepted_keys(params, settings)
-    history = build_label_history(accepted, datastore.load_labels(labels_dir, params), params)
+    history = build_label_history(accepted, labels.accepted(labels_dir, params), params)
     report = validate_labels(raw.frame, params, history=history, now=now, read_error=raw.read_error)
     if not report.success:
         _reject(params, settings, raw, report)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from driftloop import datastore, jsonio, registry, stages, versioning
+from driftloop import datastore, jsonio, labels, registry, stages, versioning
 from driftloop.config import Params, Settings
 from driftloop.drift import (
     CannotEvaluate,
@@ -30,7 +30,7 @@ from driftloop.drift import (
     compute_drift,
     decide_retrain,
 )
-from driftloop.features import attach_labels, label, make_dataset, sort_rows
+from driftloop.features import label, make_dataset, sort_rows
 from driftloop.lineage import MonitorRun
 from driftloop.memo import Memo
 from driftloop.training import predict_proba, score
@@ -167,9 +167,7 @@ def score_frame(
     Rows without a label yet are still scored: they are monitored for data and prediction drift.
     """
     own = stages.params_of(params, champion)
-    if own.target.column is not None:
-        labels = datastore.load_labels(settings.path(params.data.labels_dir), params, as_of=as_of)
-        frame = attach_labels(frame, labels, own)
+    frame = labels.attach(frame, labels.known_labels(params, settings, as_of), own, as_of)
     data = make_dataset(frame, own, labelled_only=False)
     proba = predict_proba(model, data.X)
     out = sort_rows(frame, params.data).copy()
@@ -208,43 +206,34 @@ def served_frame(
     champion: registry.ModelRef,
     served: pd.DataFrame,
     window: tuple[pd.Timestamp, pd.Timestamp],
+    labels_as_of: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
     """The window's served rows as monitoring's current data: served inputs and probabilities
-    (never re-scored), and the true label where it has arrived (NaN: pending)."""
+    (never re-scored), and the true label where it is known at `labels_as_of` (NaN: pending)."""
     after, until = window
     ts = params.data.timestamp_column
     rows = served[(served[ts] > after) & (served[ts] <= until)]
     out = sort_rows(rows, params.data).rename(columns={"label": "prediction"})
     out[PREDICTION] = out.pop("probability").astype(float)
     out["prediction"] = out["prediction"].astype(int)
-    out["label"] = served_labels(params, settings, champion, out.drop(columns="key")).to_numpy()
+    rows = out.drop(columns="key")
+    out["label"] = served_labels(params, settings, champion, rows, labels_as_of).to_numpy()
     return out.drop(columns=["key"]).reset_index(drop=True)
 
 
 def served_labels(
-    params: Params, settings: Settings, champion: registry.ModelRef, served: pd.DataFrame
+    params: Params,
+    settings: Settings,
+    champion: registry.ModelRef,
+    served: pd.DataFrame,
+    as_of: pd.Timestamp | None = None,
 ) -> pd.Series:
-    """Binary labels of served rows (sorted): feedback by data id, then accepted label batches.
-
-    A forecast target's label is a later row: here, a later served row of the same entity.
-    """
+    """Binary labels of served rows (sorted), known at `as_of`: feedback and label batches by
+    `driftloop.labels`' rule. A forecast target's label is a later row: here, a later served row
+    of the same entity."""
     own = stages.params_of(params, champion)
-    column, join = own.target.column, own.join_column
-    if column is None or join is None or join not in served:
-        return label(served, own.target, own.data)
-    from driftloop.serving.feedback import read_feedback
-
-    fed = read_feedback(params, settings)
-    accepted = datastore.load_labels(settings.path(params.data.labels_dir), params)
-    arrived = pd.concat(
-        [
-            pd.Series(fed["label"].to_numpy(), index=fed["key"].astype(str).to_numpy()),
-            pd.Series(accepted[column].to_numpy(), index=accepted[join].astype(str).to_numpy()),
-        ]
-    )
-    arrived = arrived[~arrived.index.duplicated(keep="first")]  # the first recorded label wins
-    known = served.assign(**{column: served[join].astype(str).map(arrived).to_numpy()})
-    return label(known, own.target, own.data)
+    known = labels.known_labels(params, settings, as_of)
+    return label(labels.attach(served, known, own, as_of), own.target, own.data)
 
 
 def performance(
@@ -378,8 +367,13 @@ def monitor(
     if champion is None:
         return finish(_not_evaluable(end, start, None, "no champion model to monitor"))
     model = registry.load_model(champion)
+    # Labels known at the decision time: the end of an explicit as_of (a replay, a backfill),
+    # else now, whatever day the newest data is from.
+    labels_as_of = until if as_of is not None else None
     current = (
-        served_frame(params, settings, champion, served, (after, until)) if len(served) else None
+        served_frame(params, settings, champion, served, (after, until), labels_as_of)
+        if len(served)
+        else None
     )
     source: Source = "prediction_log" if current is not None and len(current) else "accepted_data"
     if source == "accepted_data":

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftloop import datastore, registry, stages
+from driftloop import datastore, labels, registry, stages
 from driftloop.config import Params, Settings, SourceSpec
 from driftloop.errors import ConfigError, DriftloopError
 from driftloop.replay import INITIAL_TRIGGER, Step
@@ -318,7 +318,7 @@ def landed_labels(
     """
     from driftloop.sources import Role, SourceLedger, read_source
 
-    known = datastore.load_labels(settings.path(params.data.labels_dir), params)
+    known = labels.accepted(settings.path(params.data.labels_dir), params)
     after = known[datastore.LABEL_TIME].max() if len(known) else None
     ledger = SourceLedger(settings.state_dir / "sources" / "online-replay.json", "labels")
     read = read_source(source, Role.labels(params), settings, ledger, after=after, until=as_of)
@@ -347,15 +347,10 @@ def served_answers(params: Params, settings: Settings) -> pd.DataFrame:
     from driftloop.serving.predlog import read_prediction_log
 
     log = read_prediction_log(params, settings)
-    join, column = datastore.label_columns(params)
+    join, _ = datastore.label_columns(params)
     ts = params.data.timestamp_column
     answered = log[log["variant"].isin(ANSWERED)].drop_duplicates(join, keep="last")
-    labels = datastore.load_labels(settings.path(params.data.labels_dir), params)
-    from driftloop.features import label
-
-    binary = label(labels[[column]], params.target, params.data)
-    by_id = pd.Series(binary.to_numpy(), index=labels[join].astype(str).to_numpy())
-    by_id = by_id[~by_id.index.duplicated(keep="first")]
+    known = labels.known_labels(params, settings, feedback=False)
     out = pd.DataFrame(
         {
             "time": pd.to_datetime(answered[ts]).to_numpy(),
@@ -364,7 +359,7 @@ def served_answers(params: Params, settings: Settings) -> pd.DataFrame:
             "model_version": answered["model_version"].astype(str).to_numpy(),
         }
     )
-    out["label"] = out["id"].map(by_id).astype(float)
+    out["label"] = labels.binary(labels.label_of(out["id"], known), params).astype(float)
     return out.sort_values(["time", "id"], kind="stable").reset_index(drop=True)
 
 

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from driftloop import datastore, jsonio, stages
+from driftloop import datastore, jsonio, labels, stages
 from driftloop.config import Params, Settings
-from driftloop.features import attach_labels, make_dataset
+from driftloop.features import make_dataset
 from driftloop.training import score
 
 INITIAL_TRIGGER = "replay: initial model"
@@ -136,8 +136,8 @@ def all_rows(params: Params, ws: Settings) -> pd.DataFrame:
     """Every accepted row with every label that ever arrived: what the strategies are judged on."""
     frame = datastore.load_accepted(ws.path(params.data.raw_dir), params)
     if params.target.column is not None:
-        labels = datastore.load_labels(ws.path(params.data.labels_dir), params, as_of=None)
-        frame = attach_labels(frame, labels, params)
+        known = labels.known_labels(params, ws, None, feedback=False)
+        frame = labels.attach(frame, known, params)
     return frame
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from driftloop import datastore, jsonio, versioning
+from driftloop import datastore, jsonio, labels, versioning
 from driftloop.config import Params, Settings
 from driftloop.errors import RegistryError, TrainingError
-from driftloop.features import Dataset, attach_labels, make_dataset, split_by_time
+from driftloop.features import Dataset, make_dataset, split_by_time
 from driftloop.lineage import Lineage, Verdict
 from driftloop.promotion import Decision, decide_promotion
 from driftloop.registry import ModelRef
@@ -83,8 +83,8 @@ def load_training_data(
     as_of = stop if stop is not None else pd.Timestamp.now()
     labels_dir = settings.path(data.labels_dir)
     if params.target.column is not None:
-        labels = datastore.load_labels(labels_dir, params, as_of=as_of)
-        frame = attach_labels(frame, labels, params)
+        known = labels.known_labels(params, settings, as_of, feedback=False)
+        frame = labels.attach(frame, known, params, as_of)
     since = None
     if window_days is not None and len(frame):
         since = frame[data.timestamp_column].max() - pd.Timedelta(days=window_days)

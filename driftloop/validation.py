@@ -241,7 +241,7 @@ class LabelHistory:
 def build_label_history(
     accepted: pd.DataFrame | None, labels: pd.DataFrame, params: Params
 ) -> LabelHistory:
-    """Known ids from accepted data and accepted labels (as `datastore.load_labels` returns)."""
+    """Known ids from accepted data and accepted labels (as `labels.accepted` returns)."""
     join, label = label_columns(params)
     known = (
         pd.Index(accepted[join].dropna().unique())

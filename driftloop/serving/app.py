@@ -407,15 +407,9 @@ def _history(params: Params, settings: Settings) -> History | None:
 
 
 def _served_ids(params: Params, settings: Settings) -> dict[str, str | None]:
-    frame = predlog.read_prediction_log(params, settings)
-    join = params.join_column
-    if frame.empty:
-        return {}
-    keys = frame[join] if join and join in frame else pd.Series([None] * len(frame))
-    return {
-        str(p): _key(k) if pd.notna(k) else None
-        for p, k in zip(frame["prediction_id"], keys, strict=True)
-    }
+    from driftloop.labels import prediction_keys
+
+    return prediction_keys(predlog.read_prediction_log(params, settings), params.join_column)
 
 
 def build_service(

@@ -1,7 +1,8 @@
 """Feedback: labels sent back for served predictions, recorded once, in an append-only log.
 
 Each label lands as one JSON line (fsynced) in `serve.feedback_dir`; a data id is labelled once
-(a second label for it, concurrent or later, is not recorded). `flush_feedback` turns what has
+(a second label for it, concurrent or later, is not recorded). Which label a row or prediction
+gets, feedback or label batch, is `driftloop.labels`' rule. `flush_feedback` turns what has
 arrived into a label batch through `ingest.ingest_labels`: the label suite, quarantine and DVC.
 """
 
@@ -136,23 +137,24 @@ def flush_feedback(params: Params, settings: Settings, *, push: bool = True) -> 
     Labels whose data row is not accepted yet stay pending (they join later). A batch that fails
     the gate is quarantined (ValidationFailed, exit 4) and nothing is stored.
     """
-    from driftloop import datastore
+    from driftloop import datastore, labels
     from driftloop.ingest import ingest_labels
     from driftloop.sources import RawBatch
 
     join, column = label_columns(params)
-    fed = read_feedback(params, settings).drop_duplicates("key", keep="first")
-    accepted = datastore.load_labels(settings.path(params.data.labels_dir), params)
-    fed = fed[~fed["key"].isin(accepted[join].astype(str))]
+    fed = labels.first_known(labels.from_feedback(read_feedback(params, settings)))
+    accepted = labels.accepted(settings.path(params.data.labels_dir), params)
+    fed = fed[~fed[labels.KEY].isin(labels.as_keys(accepted[join]))]
     rows = datastore.load_accepted(settings.path(params.data.raw_dir), params)
-    known = set(rows[join].astype(str)) if join in rows else set()
-    ready = fed[fed["key"].isin(known)]
+    known = set(labels.as_keys(rows[join])) if join in rows else set()
+    ready = fed[fed[labels.KEY].isin(known)]
     if ready.empty:
         md5 = _labels_md5(params, settings)
         return FlushResult(0, len(fed), md5, None)
-    batch = pd.DataFrame({join: _as_join_dtype(ready["key"], rows[join]), column: ready["label"]})
+    keys, values = ready[labels.KEY], ready[labels.VALUE].infer_objects()
+    batch = pd.DataFrame({join: _as_join_dtype(keys, rows[join]), column: values})
     if params.labels.time_column:
-        batch[params.labels.time_column] = ready["received_at"].to_numpy()
+        batch[params.labels.time_column] = ready[datastore.LABEL_TIME].to_numpy()
     raw = RawBatch(batch.reset_index(drop=True), origin="feedback")
     result = ingest_labels(params, settings, raw, push=push)
     path = str(result.path) if result.path else None
@@ -169,22 +171,3 @@ def _labels_md5(params: Params, settings: Settings) -> str:
     from driftloop import versioning
 
     return versioning.recorded_md5(settings.project, settings.path(params.data.labels_dir))
-
-
-def feedback_labels(params: Params, settings: Settings, predictions: pd.DataFrame) -> pd.DataFrame:
-    """Binary labels (0/1) per served prediction: `prediction_id, label` (for experiments).
-
-    A label sent for a data id labels every prediction of that row (by the join column); one
-    sent by prediction id labels that prediction and the others of the same row.
-    """
-    from driftloop.features import label
-
-    join, column = label_columns(params)
-    fed = read_feedback(params, settings).drop_duplicates("key", keep="first")
-    if fed.empty or predictions.empty or join not in predictions:
-        return pd.DataFrame({"prediction_id": [], "label": []})
-    binary = label(pd.DataFrame({column: fed["label"].to_numpy()}), params.target, params.data)
-    by_key = pd.Series(binary.to_numpy(), index=fed["key"].astype(str).to_numpy())
-    keys = predictions[join].astype(str)
-    out = pd.DataFrame({"prediction_id": predictions["prediction_id"], "label": keys.map(by_key)})
-    return out.dropna().drop_duplicates("prediction_id").astype({"label": int})

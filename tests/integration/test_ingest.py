@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from driftloop import datastore, versioning
+from driftloop import datastore, labels, versioning
 from driftloop.config import Params, load_params, parse_params
 from driftloop.errors import ValidationFailed
 from driftloop.ingest import IngestResult, ingest
@@ -244,10 +244,10 @@ def test_labels_are_gated_stored_immutably_and_versioned(
     assert accepted["rows"] == 2
     assert Path(accepted["path"]).name.startswith("2024-01-08_2024-01-09_")
     assert versioning.recorded_md5(project.root, labels_dir) == accepted["data_md5"]
-    stored = datastore.load_labels(labels_dir, events)
+    stored = labels.accepted(labels_dir, events)
     assert stored["order_id"].tolist() == ["007", "008"]
     assert stored["returned"].tolist() == [0, 1]
-    as_of = datastore.load_labels(labels_dir, events, as_of=pd.Timestamp("2024-01-09"))
+    as_of = labels.accepted(labels_dir, events, as_of=pd.Timestamp("2024-01-09"))
     assert as_of["order_id"].tolist() == ["007"]
 
     again = cli("ingest", "--labels", str(first))

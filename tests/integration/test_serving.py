@@ -28,10 +28,11 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from driftloop import labels
 from driftloop.config import Params, Settings, load_context
 from driftloop.errors import ConfigError
 from driftloop.serving.app import _validate, create_app, predict_batch
-from driftloop.serving.feedback import feedback_labels, flush_feedback, read_feedback
+from driftloop.serving.feedback import flush_feedback, read_feedback
 from driftloop.serving.predlog import read_prediction_log, wal_dir
 from driftloop.serving.security import check_bind
 from tests.helpers import BIN_DIR, Project, cli, poll, subprocess_env
@@ -331,9 +332,11 @@ def test_feedback_becomes_a_label_batch_through_the_label_gate(
         lambda f: {a["prediction_id"] for a in answers} <= set(f["prediction_id"]),
         10,
     )
-    labels = feedback_labels(params, settings, logged).set_index("prediction_id")["label"]
+    known = labels.known_labels(params, settings)
+    by_prediction = labels.for_predictions(logged, known, params)
+    labels_of = by_prediction.set_index("prediction_id")["label"]
     for a, r in zip(answers, rows, strict=True):  # by prediction id or by data id alike
-        assert labels[a["prediction_id"]] == truth[r["loan_id"]]
+        assert labels_of[a["prediction_id"]] == truth[r["loan_id"]]
 
     result = flush_feedback(params, settings)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftloop import datastore
+from driftloop import datastore, labels
 from driftloop.config import Params, load_params, parse_params
 from driftloop.errors import ConfigError, IngestError
 from driftloop.sources import load_seattle
@@ -234,26 +234,24 @@ def test_labels_load_as_of_a_time_one_per_id(tmp_path: Path, events: Params) -> 
     path = write_labels(folder, [("e1", 0, "2024-01-07"), ("e3", 1, "2024-01-06")])
     assert path.name.startswith("2024-01-06_2024-01-07_")
 
-    everything = datastore.load_labels(folder, events)
+    everything = labels.accepted(folder, events)
     assert list(everything.columns) == ["event_id", "returned", "label_time"]
     assert everything["event_id"].tolist() == ["e1", "e2", "e3"]  # e1 once, its first label
     assert everything["label_time"].iloc[0] == pd.Timestamp("2024-01-03")
-    as_of = datastore.load_labels(folder, events, as_of=dt.datetime(2024, 1, 5, 9))
+    as_of = labels.accepted(folder, events, as_of=dt.datetime(2024, 1, 5, 9))
     assert as_of["event_id"].tolist() == ["e1"]
-    assert datastore.load_labels(folder, events, as_of=dt.date(2024, 1, 5))[
-        "event_id"
-    ].tolist() == [
+    assert labels.accepted(folder, events, as_of=dt.date(2024, 1, 5))["event_id"].tolist() == [
         "e1",
         "e2",
     ]
 
 
 def test_no_labels_yet_is_an_empty_frame(tmp_path: Path, events: Params) -> None:
-    empty = datastore.load_labels(tmp_path / "labels", events)
+    empty = labels.accepted(tmp_path / "labels", events)
     assert empty.empty
     assert list(empty.columns) == ["event_id", "returned", "label_time"]
 
 
 def test_a_forecast_target_has_no_labels(tmp_path: Path, params: Params) -> None:
     with pytest.raises(ConfigError, match="forecast target"):
-        datastore.load_labels(tmp_path, params)
+        labels.accepted(tmp_path, params)

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from driftloop import labels
 from driftloop.config import Params, load_params
 from driftloop.features import (
     SEASONS,
-    attach_labels,
     feature_frame,
     label,
     make_dataset,
@@ -274,12 +274,13 @@ def test_explicit_labels_arrive_later_and_join_on_the_id(params: Params) -> None
             "distance": [100.0, 200.0, 300.0],
         }
     )
-    labels = pd.DataFrame({"id": ["c", "a"], "delay": [15.0, 14.0]})
-    data = make_dataset(attach_labels(frame, labels, own), own, labelled_only=False)
+    times = pd.to_datetime(["2013-01-02", "2013-01-02"])
+    known = labels.candidates(pd.Series(["c", "a"]), pd.Series([15.0, 14.0]), times, "batch")
+    data = make_dataset(labels.attach(frame, known, own), own, labelled_only=False)
     assert data.y.tolist() == [0, -1, 1]  # 14 < 15; b has no label yet; 15 >= 15
     assert data.X["carrier"].tolist() == ["UA", "AA", "UA"]  # strings: encoded inside the model
     assert data.X["hour"].tolist() == [5.0, 5.0, 6.0]
-    assert len(make_dataset(attach_labels(frame, labels, own), own)) == 2
+    assert len(make_dataset(labels.attach(frame, known, own), own)) == 2
 
 
 @pytest.mark.parametrize(
