@@ -1,5 +1,10 @@
 """Monitoring: score the newest window with the champion and judge drift and performance.
 
+The sequence is written once (`monitor`), as named steps: current window -> reference -> drift
+-> performance -> decision -> record. `driftloop` runs it with plain calls (`PLAIN`); the
+monitoring flow runs the very same sequence with each step wrapped as a Prefect task
+(`tasks.monitoring.STEPS`), each with its artifact.
+
 The current data is what the champion served, when the prediction service logged it for the
 window (online: the served inputs and probabilities, labelled by feedback), else the accepted
 data of the window scored with the champion. The reference is the champion's own training data,
@@ -13,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -236,7 +242,7 @@ def served_labels(
     return label(labels.attach(served, known, own, as_of), own.target, own.data)
 
 
-def performance(
+def realised_performance(
     params: Params, client: Any, champion: registry.ModelRef, scored: pd.DataFrame
 ) -> PerformanceCheck:
     """Metrics on window rows whose label has arrived, against the champion's holdout metrics."""
@@ -297,14 +303,6 @@ def claim_retrain(
     return True
 
 
-def _not_evaluable(
-    as_of: dt.date, start: dt.date, champion: str | None, reason: str, source: Source | None = None
-) -> MonitorResult:
-    decision = RetrainDecision("cannot_evaluate", reason)
-    extra: dict[str, Any] = {"source": source} if source else {}
-    return MonitorResult(as_of.isoformat(), start.isoformat(), champion, decision, extra=extra)
-
-
 def _window_bounds(end: dt.date, days: int) -> tuple[dt.date, pd.Timestamp, pd.Timestamp]:
     """The window's first day, and its bounds as (exclusive start, inclusive end) instants."""
     start = end - dt.timedelta(days=days - 1)
@@ -331,20 +329,89 @@ def accepted_frame(
     report = validate_batch(frame[frame[ts] > after].reset_index(drop=True), params)
     if not report.success:
         raise CannotEvaluate(f"window fails validation: {report.summary()}")
-    # Labels known at the decision time: the end of an explicit as_of (a replay, a backfill),
-    # else now, whatever day the newest data is from.
-    labels_as_of = until if as_of is not None else None
-    current = score_frame(params, settings, champion, model, frame, labels_as_of)
+    current = score_frame(params, settings, champion, model, frame, _labels_as_of(until, as_of))
     return current[current[ts] > after].reset_index(drop=True)
 
 
-def monitor(
-    params: Params, settings: Settings, as_of: dt.date | None = None, *, log: bool = True
-) -> MonitorResult:
-    """Judge the champion on the newest window, measure drift and performance, decide.
+def day(as_of: str | dt.date | None) -> dt.date | None:
+    """A window's end day from an ISO date (None: the newest data)."""
+    return dt.date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+
+
+def _labels_as_of(until: pd.Timestamp, as_of: dt.date | None) -> pd.Timestamp | None:
+    """Labels known at the decision time: the end of an explicit as_of (a replay, a backfill),
+    else now (None), whatever day the newest data is from."""
+    return until if as_of is not None else None
+
+
+# -- the steps -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """The window to judge and its current data: the champion's answers on the window's rows.
+
+    `problem` says why the window cannot be judged (no champion, no data, fails validation);
+    then there is no current data and monitoring goes straight to its record.
+    """
+
+    end: dt.date
+    start: dt.date
+    bounds: tuple[pd.Timestamp, pd.Timestamp]  # (exclusive start, inclusive end) instants
+    champion: registry.ModelRef | None
+    model: Any = None
+    current: pd.DataFrame | None = None
+    source: Source | None = None
+    problem: str | None = None
+    out_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the window is compared with: the champion's scored training rows (of this season).
+
+    `unseen` says why the champion has not seen this time of year (too few reference rows).
+    """
+
+    frame: pd.DataFrame
+    mode: str
+    unseen: str | None = None
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """Drift of the window against the reference: the summary, or why it was not judged."""
+
+    summary: DriftSummary | None
+    error: str | None = None  # drift could not be judged (fails closed in the decision)
+
+
+@dataclass(frozen=True)
+class Performance:
+    """The champion's performance on the window: realised on labelled rows; `estimated` is the
+    slot for an estimate from the predictions alone (before labels arrive), None until set."""
+
+    realised: PerformanceCheck
+    estimated: Any = None
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Everything one monitoring run found, for the record."""
+
+    window: Window
+    decision: RetrainDecision
+    reference: Reference | None = None
+    drift: DriftCheck | None = None
+    performance: Performance | None = None
+
+
+def current_window(params: Params, settings: Settings, as_of: dt.date | None = None) -> Window:
+    """The window ending at `as_of` (default: the newest data) and the champion's answers on it.
 
     The current data is the champion's served traffic when the prediction log holds some for the
     window (`source: prediction_log`), else the window's accepted data scored with the champion.
+    CannotEvaluate when nothing is accepted at all.
     """
     client = registry.connect(settings)
     raw_dir = settings.path(params.data.raw_dir)
@@ -352,91 +419,184 @@ def monitor(
     if last is None:
         raise CannotEvaluate(f"{raw_dir}: no accepted data to monitor")
     champion = registry.get_alias(client, params.train.model_name, registry.CHAMPION)
-    version = champion.version if champion else None
     ts = params.data.timestamp_column
     served = served_rows(params, settings, champion) if champion else pd.DataFrame()
     newest = served[ts].max().date() if len(served) else last
     end = as_of or max(last, newest)
     start, after, until = _window_bounds(end, params.monitor.window_days)
-
-    def finish(result: MonitorResult) -> MonitorResult:
-        if log:
-            log_monitoring(params, settings, result)
-        return result
-
+    window = Window(end, start, (after, until), champion)
     if champion is None:
-        return finish(_not_evaluable(end, start, None, "no champion model to monitor"))
+        return replace(window, problem="no champion model to monitor")
     model = registry.load_model(champion)
-    # Labels known at the decision time: the end of an explicit as_of (a replay, a backfill),
-    # else now, whatever day the newest data is from.
-    labels_as_of = until if as_of is not None else None
-    current = (
-        served_frame(params, settings, champion, served, (after, until), labels_as_of)
-        if len(served)
-        else None
-    )
-    source: Source = "prediction_log" if current is not None and len(current) else "accepted_data"
-    if source == "accepted_data":
-        if end > last:
-            reason = f"no accepted data after {last}: the window ending {end} cannot be judged"
-            return finish(_not_evaluable(end, start, version, reason, source))
-        try:
-            current = accepted_frame(params, settings, champion, model, (after, until), as_of)
-        except CannotEvaluate as exc:
-            return finish(_not_evaluable(end, start, version, str(exc), source))
-    assert current is not None
-    reference, unseen = seasonal_reference(
-        scored_reference(params, settings, champion, model), params, start, end
-    )
-    out_dir = settings.path(params.data.monitoring_dir) / end.isoformat()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    current.to_parquet(out_dir / "predictions.parquet", index=False)
-    perf = performance(params, client, champion, current)
-    html = params.monitor.html_report
+    labels_as_of = _labels_as_of(until, as_of)
+    if len(served):
+        current = served_frame(params, settings, champion, served, (after, until), labels_as_of)
+        if len(current):
+            return _judged(params, settings, window, model, current, "prediction_log")
+    if end > last:
+        reason = f"no accepted data after {last}: the window ending {end} cannot be judged"
+        return replace(window, source="accepted_data", problem=reason)
+    try:
+        current = accepted_frame(params, settings, champion, model, (after, until), as_of)
+    except CannotEvaluate as exc:
+        return replace(window, source="accepted_data", problem=str(exc))
+    return _judged(params, settings, window, model, current, "accepted_data")
 
-    def drift_report(html: bool) -> tuple[DriftSummary | None, str | None]:
-        try:
-            summary = compute_drift(
-                reference,
-                current,
-                list(params.features.numerical),
-                list(params.features.categorical),
-                params.monitor,
-                prediction_column=PREDICTION if params.monitor.prediction_drift else None,
-                html_path=out_dir / "drift.html" if html else None,
-                json_path=out_dir / "drift.json",
-            )
-        except CannotEvaluate as exc:
-            return None, str(exc)
-        return summary, None
 
-    drift, drift_error = (None, None) if unseen else drift_report(html=html == "always")
-    decision = decide_retrain(
-        drift,
-        perf,
+def _judged(
+    params: Params,
+    settings: Settings,
+    window: Window,
+    model: Any,
+    current: pd.DataFrame,
+    source: Source,
+) -> Window:
+    out_dir = settings.path(params.data.monitoring_dir) / window.end.isoformat()
+    return replace(window, model=model, current=current, source=source, out_dir=out_dir)
+
+
+def reference(params: Params, settings: Settings, window: Window) -> Reference:
+    """The champion's scored training rows, of the window's season (`monitor.reference`)."""
+    assert window.champion is not None
+    scored = scored_reference(params, settings, window.champion, window.model)
+    frame, unseen = seasonal_reference(scored, params, window.start, window.end)
+    return Reference(frame, params.monitor.reference, unseen)
+
+
+def drift(params: Params, window: Window, reference: Reference) -> DriftCheck:
+    """Per-feature (and prediction) drift of the window against the reference (Evidently).
+
+    Not judged on an unseen season: that is a trigger of its own. The HTML report is written
+    here with `monitor.html_report: always`; with `on_action`, by `record` where the loop acts.
+    """
+    if reference.unseen is not None:
+        return DriftCheck(None)
+    return drift_report(params, window, reference, html=params.monitor.html_report == "always")
+
+
+def drift_report(params: Params, window: Window, reference: Reference, *, html: bool) -> DriftCheck:
+    """Evidently's drift report into the window's folder (drift.json, and drift.html if asked)."""
+    assert window.current is not None and window.out_dir is not None
+    window.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = compute_drift(
+            reference.frame,
+            window.current,
+            list(params.features.numerical),
+            list(params.features.categorical),
+            params.monitor,
+            prediction_column=PREDICTION if params.monitor.prediction_drift else None,
+            html_path=window.out_dir / "drift.html" if html else None,
+            json_path=window.out_dir / "drift.json",
+        )
+    except CannotEvaluate as exc:
+        return DriftCheck(None, str(exc))
+    return DriftCheck(summary)
+
+
+def performance(params: Params, settings: Settings, window: Window) -> Performance:
+    """Realised metrics on the window's labelled rows, against the champion's holdout metrics."""
+    assert window.champion is not None and window.current is not None
+    client = registry.connect(settings)
+    return Performance(realised_performance(params, client, window.champion, window.current))
+
+
+def decide(
+    params: Params,
+    settings: Settings,
+    window: Window,
+    reference: Reference,
+    drift: DriftCheck,
+    performance: Performance,
+) -> RetrainDecision:
+    """Retrain, alert or nothing (`drift.decide_retrain`), with the cooldown since the last
+    retrain of the champion's model."""
+    assert window.champion is not None
+    return decide_retrain(
+        drift.summary,
+        performance.realised,
         params.monitor,
-        last_retrain=_last_trained(settings, champion),
-        today=end,
-        cannot_evaluate_reason=drift_error,
-        unseen_season=unseen,
+        last_retrain=_last_trained(settings, window.champion),
+        today=window.end,
+        cannot_evaluate_reason=drift.error,
+        unseen_season=reference.unseen,
     )
-    if html == "on_action" and decision.action != "no_action" and not unseen:
-        drift_report(html=True)  # the HTML only where a person will look: retrain or alert
-    result = MonitorResult(
-        end.isoformat(),
-        start.isoformat(),
-        champion.version,
-        decision,
-        drift,
-        perf,
-        out_dir,
-        extra={
-            "source": source,
-            "reference": {"mode": params.monitor.reference, "rows": len(reference)},
-        },
+
+
+def record(
+    params: Params, settings: Settings, findings: Findings, *, log: bool = True
+) -> MonitorResult:
+    """The run's result: the window's predictions, the drift HTML where the loop acts
+    (`html_report: on_action`) and decision.json in its folder, and an MLflow run (`log`)."""
+    result = to_result(findings)
+    window, ref = findings.window, findings.reference
+    if window.current is not None and window.out_dir is not None:
+        window.out_dir.mkdir(parents=True, exist_ok=True)
+        window.current.to_parquet(window.out_dir / "predictions.parquet", index=False)
+        acts = findings.decision.action != "no_action"
+        if params.monitor.html_report == "on_action" and acts and ref and ref.unseen is None:
+            drift_report(params, window, ref, html=True)  # HTML where a person will look
+        jsonio.write_json(window.out_dir / "decision.json", result.to_dict())
+    if log:
+        log_monitoring(params, settings, result)
+    return result
+
+
+def to_result(findings: Findings) -> MonitorResult:
+    """The typed result of a monitoring run, from its findings."""
+    window, ref = findings.window, findings.reference
+    extra: dict[str, Any] = {"source": window.source} if window.source else {}
+    if window.problem is None and ref is not None:
+        extra["reference"] = {"mode": ref.mode, "rows": len(ref.frame)}
+    return MonitorResult(
+        window.end.isoformat(),
+        window.start.isoformat(),
+        window.champion.version if window.champion else None,
+        findings.decision,
+        findings.drift.summary if findings.drift else None,
+        findings.performance.realised if findings.performance else None,
+        window.out_dir if window.problem is None else None,
+        extra=extra,
     )
-    jsonio.write_json(out_dir / "decision.json", result.to_dict())
-    return finish(result)
+
+
+# -- the sequence, written once ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The monitoring step functions the sequence calls: plain, or wrapped as Prefect tasks."""
+
+    current_window: Callable[..., Window]
+    reference: Callable[..., Reference]
+    drift: Callable[..., DriftCheck]
+    performance: Callable[..., Performance]
+    decide: Callable[..., RetrainDecision]
+    record: Callable[..., MonitorResult]
+
+
+PLAIN = Steps(current_window, reference, drift, performance, decide, record)
+
+
+def monitor(
+    params: Params,
+    settings: Settings,
+    as_of: dt.date | None = None,
+    *,
+    log: bool = True,
+    steps: Steps = PLAIN,
+) -> MonitorResult:
+    """Judge the champion on the newest window: current window, reference, drift, performance,
+    decision, record. A window that cannot be judged is recorded as `cannot_evaluate`."""
+    window = steps.current_window(params, settings, as_of)
+    if window.problem is not None:
+        cannot = RetrainDecision("cannot_evaluate", window.problem)
+        return steps.record(params, settings, Findings(window, cannot), log=log)
+    ref = steps.reference(params, settings, window)
+    drifted = steps.drift(params, window, ref)
+    perf = steps.performance(params, settings, window)
+    decision = steps.decide(params, settings, window, ref, drifted, perf)
+    return steps.record(params, settings, Findings(window, decision, ref, drifted, perf), log=log)
 
 
 def log_monitoring(params: Params, settings: Settings, result: MonitorResult) -> str:

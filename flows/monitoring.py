@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from driftloop import experiments, stages
+from driftloop import experiments, monitoring, stages
 from driftloop.config import flow_target
 from flows.training import context
 from tasks import monitoring as m
@@ -45,10 +45,14 @@ def monitor_flow(
     home: str | None = None,
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Drift and performance of the champion on the newest window; retrain when decided."""
+    """Drift and performance of the champion on the newest window; retrain when decided.
+
+    Monitoring's named steps (current window, reference, drift, performance, decision, record)
+    run as tasks, in the sequence `driftloop.monitoring.monitor` writes once.
+    """
     params, settings = context(project, params_file, home, tracking_uri)
     where = flow_target(settings)  # the retrain runs on this project and model, whoever starts it
-    result = m.monitor(params, settings, as_of)
+    result = monitoring.monitor(params, settings, monitoring.day(as_of), steps=m.STEPS)
     if version:
         m.version_outputs(params, settings)
     summary = result.to_dict()

@@ -78,6 +78,29 @@ def test_the_monitor_run_publishes_its_decision_as_markdown(
     assert "| temp_max | ks |" in str(artifact.data)
 
 
+def test_the_monitor_run_is_its_named_steps_each_with_its_artifact(
+    drifted: tuple[Project, UUID, dict[str, Any]],
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    _, flow_run_id, summary = drifted
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
+        )
+    started = [r.name.rsplit("-", 1)[0] for r in sorted(runs, key=lambda r: r.expected_start_time)]
+    steps = ["current-window", "reference", "drift", "performance", "decision", "record"]
+    assert [name for name in started if name in steps] == steps
+    assert all(r.state_type.value == "COMPLETED" for r in runs)
+    artifacts = artifacts_of(flow_run_id)
+    assert f"{summary['champion']}" in str(artifacts["monitoring-window"].data)
+    assert "| temp_max | ks |" in str(artifacts["monitoring-drift"].data)
+    assert artifacts["monitoring-performance"].type == "table"
+    assert summary["reason"] in str(artifacts["monitoring-decision"].data)
+    assert "rows" in str(artifacts["monitoring-reference"].data)
+
+
 def test_three_monitors_at_once_start_exactly_one_retrain(
     prefect_harness: None, project: Project
 ) -> None:
