@@ -460,25 +460,45 @@ def monitor(
     retrain: str = typer.Option(
         "subflow", help="On a retrain decision: 'subflow' (in process), 'deployment', or 'off'"
     ),
+    no_flow: bool = typer.Option(
+        False,
+        "--no-flow",
+        help="The same monitoring steps as plain calls, without Prefect; a retrain decision is "
+        "reported, not acted on",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Drift and performance of the champion on the newest window (Prefect flow)."""
+    """Drift and performance of the champion on the newest window (Prefect flow).
+
+    Example: driftloop monitor --as-of 2015-01-31 --retrain off --json
+    """
     try:
-        target = _target()
-        from flows.monitoring import monitor_flow
+        if no_flow:
+            from driftloop import monitoring
 
-        _quiet_run_logs()
-
-        if retrain not in ("subflow", "deployment", "off"):
-            raise typer.BadParameter("--retrain must be subflow, deployment or off")
-        mode: Literal["subflow", "deployment", "off"] = retrain  # type: ignore[assignment]
-        summary = monitor_flow(as_of=as_of, retrain=mode, **target)
+            params, settings = _context()
+            summary = monitoring.monitor(params, settings, monitoring.day(as_of)).to_dict()
+        else:
+            summary = _monitor_flow(as_of, retrain)
     except DriftloopError as exc:
         _fail(exc)
         return
     _emit(summary, as_json, f"{summary['action']}: {summary['reason']}")
     if summary["action"] == "cannot_evaluate":
         raise typer.Exit(7)
+
+
+def _monitor_flow(as_of: str | None, retrain: str) -> dict[str, Any]:
+    """The monitor flow in this process (flow and task run logs kept off the terminal)."""
+    target = _target()
+    from flows.monitoring import monitor_flow
+
+    _quiet_run_logs()
+
+    if retrain not in ("subflow", "deployment", "off"):
+        raise typer.BadParameter("--retrain must be subflow, deployment or off")
+    mode: Literal["subflow", "deployment", "off"] = retrain  # type: ignore[assignment]
+    return monitor_flow(as_of=as_of, retrain=mode, **target)
 
 
 @app.command()

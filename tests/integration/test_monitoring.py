@@ -204,3 +204,18 @@ def test_cli_monitor_exits_7_when_it_cannot_evaluate(
     assert summary["action"] == "cannot_evaluate"
     assert summary["as_of"] == as_of
     assert f"no accepted data after {FLAT_WIND_UNTIL}" in summary["reason"]
+
+
+def test_cli_monitor_without_prefect_runs_the_same_steps(flat_wind: Project) -> None:
+    plain = monitoring.monitor(
+        flat_wind.params, flat_wind.settings, dt.date.fromisoformat(FLAT_WIND_UNTIL), log=False
+    ).to_dict()
+    summary = cli("monitor", "--as-of", FLAT_WIND_UNTIL, "--no-flow", "--json").json()
+    assert {k: summary[k] for k in ("action", "reason", "drift", "performance", "source")} == {
+        k: plain[k] for k in ("action", "reason", "drift", "performance", "source")
+    }
+    assert "retrain" not in summary  # reported, not acted on
+    past = (dt.date.fromisoformat(FLAT_WIND_UNTIL) + dt.timedelta(days=30)).isoformat()
+    done = cli("monitor", "--as-of", past, "--no-flow", "--json")
+    assert done.exit_code == 7, done.stdout + done.stderr
+    assert json.loads(done.stdout)["action"] == "cannot_evaluate"
