@@ -49,11 +49,11 @@ PREDICTION_ID = "prediction_id"
 def candidates(
     keys: pd.Series, values: pd.Series, times: pd.Series, origin: Origin
 ) -> pd.DataFrame:
-    """Labels of one origin as [key (text), value, label_time, origin]; a missing value is none."""
+    """Labels of one origin as [key, value, label_time, origin]; a missing value is none."""
     frame = pd.DataFrame(
         {
-            KEY: as_keys(keys).to_numpy(),
-            VALUE: pd.Series(values).astype(object).to_numpy(),
+            KEY: pd.Series(keys).to_numpy(),
+            VALUE: pd.Series(values).to_numpy(),
             LABEL_TIME: datastore.as_ns(pd.Series(pd.to_datetime(times))).to_numpy(),
             ORIGIN: ORIGINS.index(origin),
         }
@@ -61,9 +61,26 @@ def candidates(
     return frame[frame[VALUE].notna()].reset_index(drop=True)
 
 
+def comparable(*keys: pd.Series) -> list[pd.Series]:
+    """Join values that compare equal when their text does: as they are when they share a
+    dtype (ints with ints, strings with strings: no conversion), else all as text."""
+    kinds = {_kind(k) for k in keys if len(k)}
+    return list(keys) if len(kinds) <= 1 else [as_keys(k) for k in keys]
+
+
+def _kind(values: pd.Series) -> str:
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return "integer"
+    return str(pd.api.types.infer_dtype(values, skipna=True))
+
+
 def as_keys(values: pd.Series) -> pd.Series:
     """Join values as text (missing stays missing)."""
     values = pd.Series(values)
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return values.astype(str)  # never missing
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        return values.astype(object)
     return values.astype(object).where(values.isna(), values.astype(str))
 
 
@@ -74,24 +91,23 @@ def first_known(
 
     Args:
         labels: label rows with `key`, `value` and `label_time` columns (and `origin`, to
-            order labels known at the same time).
+            order labels known at the same time); keys of one dtype (`candidates`: text).
         as_of: labels with a later label time (or none) are not known yet; None: all are.
 
     Returns:
-        The winning rows, sorted by (label_time, key).
+        The winning rows, in the order they became known.
     """
     keep = datastore.time_mask(labels[LABEL_TIME], None, as_of) & labels[value].notna().to_numpy()
     kept = labels.loc[keep]
     kept = kept.sort_values([LABEL_TIME, *([ORIGIN] if ORIGIN in kept else [])], kind="stable")
-    first = ~as_keys(kept[key]).duplicated(keep="first").to_numpy()
-    kept = kept.loc[first]
-    return kept.sort_values([LABEL_TIME, key], kind="stable").reset_index(drop=True)
+    return kept.loc[~kept[key].duplicated(keep="first").to_numpy()].reset_index(drop=True)
 
 
 def label_of(keys: pd.Series, known: pd.DataFrame) -> pd.Series:
     """The raw label of each key (as `first_known` resolved them), NaN where none is known."""
-    by_key = pd.Series(known[VALUE].to_numpy(), index=known[KEY].to_numpy(), dtype=object)
-    return pd.Series(as_keys(keys).map(by_key).to_numpy(), index=keys.index, dtype=object)
+    wanted, have = comparable(pd.Series(keys), known[KEY])
+    by_key = pd.Series(known[VALUE].to_numpy(), index=have.to_numpy())
+    return pd.Series(wanted.map(by_key).to_numpy(), index=keys.index)
 
 
 # -- rows and predictions ----------------------------------------------------------------------
@@ -176,7 +192,8 @@ def accepted(labels_dir: Path, params: Params, *, as_of: TimeBound | None = None
     """
     join, column = datastore.label_columns(params)
     rows = datastore.read_label_rows(labels_dir, params, as_of=as_of)
-    return first_known(rows, as_of, key=join, value=column)
+    known = first_known(rows, as_of, key=join, value=column)
+    return known.sort_values([LABEL_TIME, join], kind="stable").reset_index(drop=True)
 
 
 def from_batches(rows: pd.DataFrame, params: Params) -> pd.DataFrame:
@@ -214,4 +231,6 @@ def known_labels(
     parts = [p for p in parts if len(p)]
     if not parts:
         return candidates(pd.Series([]), pd.Series([]), pd.Series([]), "batch")
+    keys = comparable(*(p[KEY] for p in parts))
+    parts = [p.assign(**{KEY: k.to_numpy()}) for p, k in zip(parts, keys, strict=True)]
     return first_known(pd.concat(parts, ignore_index=True), as_of)
