@@ -548,6 +548,8 @@ def to_result(findings: Findings) -> MonitorResult:
     extra: dict[str, Any] = {"source": window.source} if window.source else {}
     if window.problem is None and ref is not None:
         extra["reference"] = {"mode": ref.mode, "rows": len(ref.frame)}
+    if findings.performance is not None and findings.performance.estimated is not None:
+        extra["estimated"] = findings.performance.estimated  # recorded beside the realised
     return MonitorResult(
         window.end.isoformat(),
         window.start.isoformat(),

@@ -3,6 +3,7 @@ calendar and the per-strategy metrics on a tiny frame."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -321,3 +322,54 @@ def test_the_training_reference_or_a_wide_margin_keeps_every_row(
     for monitor in ({"reference": "training"}, {"season_margin_days": 170}):
         rows, unseen = seasonal(params, seattle, "2014-06-01", "2014-06-28", **monitor)
         assert unseen is None and len(rows) == len(seattle)
+
+
+# -- the steps' sequence ------------------------------------------------------------------------
+
+
+def step_log(calls: list[str]) -> monitoring.Steps:
+    """The plain steps, each noting its name when called (the sequence is what is tested)."""
+
+    def noted(name: str) -> Any:
+        plain = getattr(monitoring.PLAIN, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return plain(*args, **kwargs)
+
+        return call
+
+    return monitoring.Steps(*(noted(f.name) for f in dataclasses.fields(monitoring.Steps)))
+
+
+def test_a_window_that_cannot_be_judged_goes_straight_to_its_record(
+    params: Params, settings: Settings
+) -> None:
+    window = monitoring.Window(
+        dt.date(2015, 1, 31), dt.date(2015, 1, 4), (pd.Timestamp(0), pd.Timestamp(1)), None
+    )
+    window = dataclasses.replace(window, problem="no champion model to monitor")
+    calls: list[str] = []
+    steps = dataclasses.replace(step_log(calls), current_window=lambda *_: window)
+    result = monitoring.monitor(params, settings, window.end, log=False, steps=steps)
+    assert calls == ["record"]
+    assert result.decision.action == "cannot_evaluate"
+    assert result.decision.reason == "no champion model to monitor"
+    assert result.out_dir is None and result.drift is None and result.performance is None
+    assert result.to_dict()["as_of"] == "2015-01-31"
+
+
+def test_an_estimate_of_performance_is_recorded_beside_the_realised() -> None:
+    from driftloop.drift import PerformanceCheck, RetrainDecision
+
+    window = monitoring.Window(
+        dt.date(2015, 1, 31), dt.date(2015, 1, 4), (pd.Timestamp(0), pd.Timestamp(1)), None
+    )
+    realised = PerformanceCheck("roc_auc", {"roc_auc": 0.7}, {}, 0, 28)
+    decision = RetrainDecision("no_action", "nothing to judge yet")
+    plain = monitoring.Findings(window, decision, performance=monitoring.Performance(realised))
+    assert "estimated" not in monitoring.to_result(plain).to_dict()
+    estimated = dataclasses.replace(
+        plain, performance=monitoring.Performance(realised, {"roc_auc": 0.68})
+    )
+    assert monitoring.to_result(estimated).to_dict()["estimated"] == {"roc_auc": 0.68}
