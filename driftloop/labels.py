@@ -91,7 +91,7 @@ def first_known(
 
     Args:
         labels: label rows with `key`, `value` and `label_time` columns (and `origin`, to
-            order labels known at the same time); keys of one dtype (`candidates`: text).
+            order labels known at the same time); keys of one kind (see `comparable`).
         as_of: labels with a later label time (or none) are not known yet; None: all are.
 
     Returns:
