@@ -666,10 +666,6 @@ class Settings(BaseSettings):
         return self.artifact_root or (self.state_dir / "mlartifacts").as_uri()
 
     @property
-    def audit_log(self) -> Path:
-        return self.state_dir / "audit.jsonl"
-
-    @property
     def lock_dir(self) -> Path:
         return self.state_dir / "locks"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -271,16 +270,12 @@ def performance(
     )
 
 
-def _retrain_state(settings: Settings, model_name: str) -> Path:
-    return settings.state_dir / f"retrain-{model_name}.json"
-
-
 def last_retrain(settings: Settings, model_name: str = "") -> dt.date | None:
-    """The data date of the model's last claimed retrain (for the cooldown)."""
-    path = _retrain_state(settings, model_name)
-    if not path.exists():
-        return None
-    return dt.date.fromisoformat(json.loads(path.read_text())["as_of"])
+    """The data date of the model's last claimed retrain (for the cooldown), from the ledger."""
+    from driftloop.champion import store_of
+
+    days = store_of(settings).claims_of(model_name, "retrain")
+    return max(dt.date.fromisoformat(d) for d in days) if days else None
 
 
 def _last_trained(settings: Settings, champion: registry.ModelRef) -> dt.date | None:
@@ -291,21 +286,25 @@ def _last_trained(settings: Settings, champion: registry.ModelRef) -> dt.date | 
 
 
 def claim_retrain(
-    settings: Settings, as_of: dt.date, reason: str, cooldown_days: int, model_name: str = ""
+    settings: Settings,
+    as_of: dt.date,
+    reason: str,
+    cooldown_days: int,
+    model_name: str = "",
+    champion: str | None = None,
 ) -> bool:
-    """Atomically claim the model's next retrain: False if one was claimed within the cooldown."""
-    path = _retrain_state(settings, model_name)
-    with versioning.project_lock(settings.lock_dir, f"retrain-{model_name}"):
-        previous = last_retrain(settings, model_name)
-        if previous is not None and (as_of - previous).days < max(cooldown_days, 1):
-            return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"as_of": as_of.isoformat(), "reason": reason}) + "\n")
-    registry.append_audit(
-        settings,
-        {"event": "retrain", "model": model_name, "as_of": as_of.isoformat(), "reason": reason},
+    """Claim the model's next retrain in the ledger: False if any worker claimed one within the
+    cooldown (one compare-and-set, so two monitors on the same trigger retrain once)."""
+    from driftloop.champion import store_of
+    from driftloop.ledger import RetrainClaim
+
+    event = RetrainClaim(
+        model_name,
+        day=as_of.isoformat(),
+        reason=reason,
+        champion=champion,
     )
-    return True
+    return store_of(settings).claim_retrain(event, cooldown_days)
 
 
 def _not_evaluable(

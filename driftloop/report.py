@@ -34,7 +34,7 @@ def _describe(client: Any, ref: registry.ModelRef | None, metric: str) -> dict[s
 
 
 def status(params: Params, settings: Settings) -> dict[str, Any]:
-    """Champion, challenger and the last decision from the audit log.
+    """Champion, challenger and the last decision from the decision ledger.
 
     A read: it never creates the store and skips the writers' set-up (`registry.connect`).
     On the embedded SQLite store the answer is kept in a snapshot that is valid while the store's
@@ -47,12 +47,16 @@ def status(params: Params, settings: Settings) -> dict[str, Any]:
         roles = _read_roles(params, settings)
         if stamp is not None:
             jsonio.write_json(_snapshot_path(settings, name), {"stamp": stamp, "roles": roles})
-    audit = [e for e in registry.read_audit(settings) if e.get("model") == name]
+    from driftloop.ledger import open_store, store_exists
+
+    last = (
+        open_store(settings.state_dir).events(name)[-1:] if store_exists(settings.state_dir) else []
+    )
     return {
         "model": name,
         "tracking_uri": settings.mlflow_uri,
         **roles,
-        "last_decision": audit[-1] if audit else None,
+        "last_decision": last[0].to_dict() if last else None,
     }
 
 

@@ -7,6 +7,7 @@ very same sequence with each stage wrapped as a task (`tasks.training.STEPS`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -18,8 +19,9 @@ import pandas as pd
 
 from driftloop import datastore, jsonio, versioning
 from driftloop.config import Params, Settings
-from driftloop.errors import RegistryError, TrainingError
+from driftloop.errors import TrainingError
 from driftloop.features import Dataset, attach_labels, make_dataset, split_by_time
+from driftloop.ledger import Promotion
 from driftloop.lineage import Lineage, Verdict
 from driftloop.promotion import Decision, decide_promotion
 from driftloop.registry import ModelRef
@@ -310,66 +312,77 @@ def _decide(
     return decide_promotion(cand_eval, champ_eval, params.promote)
 
 
-def promote_lock(settings: Settings, name: str) -> Any:
-    """The one lock under which any move of a model's `champion` alias is decided and applied."""
-    return versioning.project_lock(settings.lock_dir, f"promote-{name}")
-
-
-def set_champion_if_unchanged(
-    client: Any, name: str, version: str, basis: str | None
-) -> str | None:
-    """Compare-and-set: move `champion` to `version` only if it still is `basis` (the version the
-    decision was based on). Call under `promote_lock`. Returns None when applied, else why not.
-    """
-    from driftloop import registry
-
-    now = registry.get_alias(client, name, registry.CHAMPION)
-    if (now.version if now else None) != basis:
-        return (
-            f"champion moved to v{now.version if now else None} "
-            f"during the decision (based on v{basis}); not applied"
-        )
-    registry.set_alias(client, name, registry.CHAMPION, version)
-    return None
-
-
 def promote(
     params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, trigger: str
 ) -> PromotionResult:
-    """Decide and apply promotion as a compare-and-set against the champion it was based on."""
+    """Decide and apply promotion as a compare-and-set against the champion it was based on.
+
+    The champion is the decision ledger's (`driftloop.champion`): the move is applied only if
+    the champion is still the one the decision was based on, on this machine or any other.
+    """
+    from driftloop import champion as champions
     from driftloop import registry
 
     client = registry.connect(settings)
     name = params.train.model_name
-    with promote_lock(settings, name):
-        champion = registry.get_alias(client, name, registry.CHAMPION)
-        after = comparable_after(champion, candidate)
-        basis = champion.version if champion else None
-        cand_eval = evaluate_on_holdout(params, candidate, data.frame, after)
-        champ_eval = None
-        if champion is not None and champion.version != candidate.version:
-            champ_eval = evaluate_on_holdout(params, champion, data.frame, after)
-        decision = _decide(params, champion, candidate, cand_eval, champ_eval)
-        staged = decision.promote and champion is not None and params.promote.via == "experiment"
-        if not staged:
-            applied = False
-            if decision.promote:
-                refused = set_champion_if_unchanged(client, name, candidate.version, basis)
-                if refused is not None:
-                    decision = Decision(False, refused)
-                applied = refused is None
-            result = PromotionResult(
-                candidate.version, basis, decision, cand_eval, champ_eval, applied
-            )
-            _record_decision(params, settings, client, candidate, result, trigger, data)
-            return result
-    # Outside the promotion lock: an experiment's verdict takes its own lock, then this one.
-    decision, experiment = stage_challenger(params, settings, candidate, data, decision)
+    basis = champions.current(settings, client, name)
+    champion = registry.get_version(client, name, basis) if basis is not None else None
+    after = comparable_after(champion, candidate)
+    cand_eval = evaluate_on_holdout(params, candidate, data.frame, after)
+    champ_eval = None
+    if champion is not None and champion.version != candidate.version:
+        champ_eval = evaluate_on_holdout(params, champion, data.frame, after)
+    decision = _decide(params, champion, candidate, cand_eval, champ_eval)
+    experiment = None
+    applied = False
+    if decision.promote and champion is not None and params.promote.via == "experiment":
+        decision, experiment = stage_challenger(params, settings, candidate, data, decision)
+    elif decision.promote:
+        event = _promotion_event(params, settings, candidate, trigger, data, basis, decision)
+        refused = champions.move(settings, client, _with(event, cand_eval, champ_eval), basis)
+        applied = refused is None
+        if refused is not None:
+            decision = Decision(False, refused)
     result = PromotionResult(
-        candidate.version, basis, decision, cand_eval, champ_eval, False, experiment
+        candidate.version, basis, decision, cand_eval, champ_eval, applied, experiment
     )
     _record_decision(params, settings, client, candidate, result, trigger, data)
     return result
+
+
+def _promotion_event(
+    params: Params,
+    settings: Settings,
+    candidate: ModelRef,
+    trigger: str,
+    data: TrainingData,
+    basis: str | None,
+    decision: Decision,
+    verdict: str = "promoted",
+    experiment: str | None = None,
+) -> Promotion:
+    return Promotion(
+        candidate.name,
+        version=candidate.version,
+        decision=verdict,
+        reason=decision.reason,
+        trigger=trigger,
+        triggered_by=settings.triggered_by,
+        champion_before=basis,
+        data_md5=data.data_md5,
+        labels_md5=data.labels_md5,
+        metric=params.promote.primary_metric,
+        experiment=experiment,
+    )
+
+
+def _with(event: Promotion, cand: Evaluation, champ: Evaluation | None) -> Promotion:
+    """The event with both sides' holdout metrics (finite values only: the ledger is JSON)."""
+    return dataclasses.replace(
+        event,
+        candidate_metrics=jsonio.to_jsonable(cand.metrics),
+        champion_metrics=jsonio.to_jsonable(champ.metrics) if champ is not None else None,
+    )
 
 
 def stage_challenger(
@@ -403,7 +416,8 @@ def _record_decision(
     trigger: str,
     data: TrainingData,
 ) -> None:
-    """Tags on the version, one line in the audit log, and the DVC stage's report."""
+    """Tags on the version, the decision in the ledger, and the DVC stage's report."""
+    from driftloop import champion as champions
     from driftloop import registry
 
     verdict = "promoted" if result.applied else "challenger" if result.experiment else "rejected"
@@ -417,24 +431,19 @@ def _record_decision(
             Verdict.tag("champion_before"): str(result.champion_before),
         },
     )
-    registry.append_audit(
-        settings,
-        {
-            "event": "promotion",
-            "model": candidate.name,
-            "version": candidate.version,
-            "decision": verdict,
-            "reason": result.decision.reason,
-            "trigger": trigger,
-            "triggered_by": settings.triggered_by,
-            "data_md5": data.data_md5,
-            "labels_md5": data.labels_md5,
-            "champion_before": result.champion_before,
-            "metric": params.promote.primary_metric,
-            "candidate_metrics": result.candidate_eval.metrics,
-            "champion_metrics": result.champion_eval.metrics if result.champion_eval else None,
-        },
-    )
+    if not result.applied:  # an applied promotion was recorded with the champion's move
+        event = _promotion_event(
+            params,
+            settings,
+            candidate,
+            trigger,
+            data,
+            result.champion_before,
+            result.decision,
+            verdict,
+            result.experiment,
+        )
+        champions.record(settings, _with(event, result.candidate_eval, result.champion_eval))
     jsonio.write_json(
         settings.path(params.reports.promotion),
         {
@@ -450,50 +459,10 @@ def _record_decision(
 def rollback(
     params: Params, settings: Settings, reason: str, to_version: str | None = None
 ) -> tuple[str | None, str]:
-    """Move `champion` back to a previous version (default: the one before it); record why."""
-    from driftloop import registry
+    """Move `champion` back to a previous version (default: the one before it); recorded."""
+    from driftloop import champion
 
-    client = registry.connect(settings)
-    name = params.train.model_name
-    with promote_lock(settings, name):
-        current = registry.get_alias(client, name, registry.CHAMPION)
-        target = to_version or previous_champion(
-            settings, name, current.version if current else None
-        )
-        if target is None:
-            raise RegistryError(f"{name}: no previous champion to roll back to; pass --to VERSION")
-        ref = registry.get_version(client, name, target)
-        registry.set_alias(client, name, registry.CHAMPION, ref.version)
-        registry.tag_version(client, name, ref.version, {Verdict.tag("rollback_reason"): reason})
-        registry.append_audit(
-            settings,
-            {
-                "event": "rollback",
-                "model": name,
-                "version": ref.version,
-                "decision": "rollback",
-                "reason": reason,
-                "triggered_by": settings.triggered_by,
-                "champion_before": current.version if current else None,
-                "data_md5": ref.lineage.data_md5,
-            },
-        )
-    return (current.version if current else None), ref.version
-
-
-def previous_champion(settings: Settings, name: str, current: str | None) -> str | None:
-    """The champion before the current one, from the audit log."""
-    from driftloop import registry
-
-    history = [
-        e["version"]
-        for e in registry.read_audit(settings)
-        if e.get("model") == name and (e.get("decision") in {"promoted", "rollback"})
-    ]
-    for version in reversed(history):
-        if version != current:
-            return str(version)
-    return None
+    return champion.rollback(settings, params.train.model_name, reason, to_version)
 
 
 def write_train_report(

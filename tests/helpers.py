@@ -144,8 +144,12 @@ class Project:
         return run(["git", *args], self.root).stdout.strip()
 
     def audit(self) -> list[dict[str, Any]]:
-        log = self.settings.audit_log
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        """Every event of the decision ledger, oldest first (kind, model, fields, hash)."""
+        from driftloop.ledger import open_store, store_exists
+
+        if not store_exists(self.settings.state_dir):
+            return []
+        return [r.to_dict() for r in open_store(self.settings.state_dir).events()]
 
     def mlflow_client(self) -> Any:
         from mlflow import MlflowClient

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from driftloop import champion
+from driftloop.ledger import Promotion
 from driftloop.lineage import COMPLETE_TAG, Lineage, Verdict
 from tests.helpers import CliResult, Project, cli
 
@@ -166,7 +168,7 @@ def test_second_training_records_a_decision_either_way(
     assert tags[Lineage.tag("data_md5")] == second.md5
     assert module_project.champion() == ("2" if second.train["promoted"] else "1")
 
-    entries = [e for e in module_project.audit() if e["event"] == "promotion"]
+    entries = [e for e in module_project.audit() if e["kind"] == "promotion"]
     assert [(e["version"], e["decision"]) for e in entries] == [("1", "promoted"), ("2", verdict)]
     last = entries[-1]
     assert last["reason"] == second.train["reason"]
@@ -182,7 +184,10 @@ def test_rollback_moves_champion_and_records_the_reason(
     # v2 is usually rejected on this data; an operator may still have made it champion by hand
     # (MLflow UI). Make that so either way, so the rollback below has something to undo.
     client = module_project.mlflow_client()
-    client.set_registered_model_alias(module_project.model_name, "champion", "2")
+    if module_project.champion() != "2":
+        by_hand = Promotion(module_project.model_name, version="2", decision="promoted")
+        moved = champion.move(module_project.settings, client, by_hand, "1")
+        assert moved is None, moved
     reason = "v2 over-predicts rain in production"
 
     result = cli("rollback", "--reason", reason, "--to", "1")
@@ -197,7 +202,7 @@ def test_rollback_moves_champion_and_records_the_reason(
         not in client.get_model_version(module_project.model_name, "2").tags
     )
     last = module_project.audit()[-1]
-    assert (last["event"], last["version"], last["reason"]) == ("rollback", "1", reason)
+    assert (last["kind"], last["version"], last["reason"]) == ("rollback", "1", reason)
     assert last["champion_before"] == "2"
     assert cli("lineage", "1", "--json").json()["decision"]["rollback_reason"] == reason
 
@@ -205,7 +210,7 @@ def test_rollback_moves_champion_and_records_the_reason(
 def test_rollback_without_a_previous_champion_fails_with_exit_6(
     module_project: Project, second: Round
 ) -> None:
-    """After the rollback, v1 is the only champion the audit log knows: nothing to go back to."""
+    """After the rollback, v1 is the only champion to go back to: v2 was rolled back from."""
     entries_before = len(module_project.audit())
 
     result = cli("rollback", "--reason", "try again")
