@@ -315,7 +315,7 @@ def _guardrail(service: Service, ok: bool, latency_ms: float, variant: str = CHA
 def _answer(
     service: Service, batch: Batch, model: Loaded, variant: str, idx: list[int], proba: np.ndarray
 ) -> None:
-    labels = (proba >= service.params.evaluation.threshold).astype(int)
+    labels = (proba >= model.threshold(service.params.evaluation.threshold)).astype(int)
     version = model.version
     ids = [batch.ids[i] for i in idx]
     rows = [batch.rows[i] for i in idx]
