@@ -196,7 +196,10 @@ def scheduled_models(
         window = None if i == 0 else params.retrain.window_days
         data = stages.load_training_data(params, ws, window, start.isoformat())
         split = stages.build_features(params, data)
-        models.append(stages.train(params, split).estimator)
+        model = stages.train(params, split).estimator
+        if params.train.refit:  # always deployed: refitted on the whole window, as a winner is
+            model = stages.refit_on_window(model, make_dataset(data.frame, params))
+        models.append(model)
     return models, starts
 
 

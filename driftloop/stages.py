@@ -419,6 +419,12 @@ def promote(
     return result
 
 
+def refit_on_window(model: Any, whole: Dataset) -> Any:
+    """The model's candidate, calibration and threshold, its pipeline fitted on every labelled
+    row of the window (a model without `refitted` is returned as it is)."""
+    return model.refitted(whole.X, whole.y) if hasattr(model, "refitted") else model
+
+
 def refit_winner(
     params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, trigger: str
 ) -> ModelRef:
@@ -437,6 +443,7 @@ def refit_winner(
     own = params_of(params, candidate)
     split = build_features(own, data)
     whole = make_dataset(data.frame, own)
+    model = refit_on_window(gated, whole)
     holdout = evaluate(gated, split.holdout, params.evaluation.threshold)
     client = registry.connect(settings)
     cv = {
@@ -445,7 +452,7 @@ def refit_winner(
         if k.startswith(("cv_", "candidate.", "calibration.")) or k in ("threshold", "n_cv_rows")
     }
     trained = TrainedModel(
-        gated.refitted(whole.X, whole.y),
+        model,
         cv,
         holdout,
         len(whole),
