@@ -39,6 +39,7 @@ class Round:
 
 @pytest.fixture(scope="module")
 def first(module_project: Project) -> Round:
+    module_project.edit_params(train={"refit": True})  # as shipped
     ingested = cli("ingest", "--until", FIRST_UNTIL)
     assert ingested.exit_code == 0, ingested.stderr
     trained = cli("train", "--json").json()
