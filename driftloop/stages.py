@@ -458,6 +458,7 @@ def refit_winner(
         len(whole),
         list(whole.X.columns),
         whole.X.tail(5).reset_index(drop=True),
+        gated.selection(params.train.threshold_for),
     )
     return register(params, settings, trained, data, trigger, refit_of=candidate)
 

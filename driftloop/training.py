@@ -217,12 +217,18 @@ class DecisionModel:
     of its answers: what serving, scoring, monitoring and evaluation all use."""
 
     def __init__(
-        self, pipeline: Any, calibrator: Any = None, threshold: float = 0.5, candidate: str = ""
+        self,
+        pipeline: Any,
+        calibrator: Any = None,
+        threshold: float = 0.5,
+        candidate: str = "",
+        calibration: str = "none",
     ) -> None:
         self.pipeline = pipeline
         self.calibrator = calibrator
         self.threshold = float(threshold)
         self.candidate = candidate
+        self.calibration = calibration  # the calibrator's method: none, sigmoid or isotonic
         self.classes_ = np.array([0, 1])
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
@@ -237,8 +243,16 @@ class DecisionModel:
         """The same candidate, calibration and threshold, its pipeline fitted anew on (X, y)."""
         from sklearn.base import clone
 
-        pipeline = clone(self.pipeline).fit(X, y)
-        return DecisionModel(pipeline, self.calibrator, self.threshold, self.candidate)
+        pipeline = _fit(clone(self.pipeline), X, y, "train.candidates")
+        return DecisionModel(
+            pipeline, self.calibrator, self.threshold, self.candidate, self.calibration
+        )
+
+    def selection(self, threshold_for: str) -> Selection:
+        """What it was chosen as (without the CV scores, which its training run holds)."""
+        return Selection(
+            self.candidate, {}, self.calibration, {}, self.threshold, threshold_for, {}, 0
+        )
 
 
 @dataclass(frozen=True)
@@ -483,4 +497,7 @@ def fit_candidate(
         family[selection.chosen], train, list(fit_data.X.columns), categorical, key
     )
     pipeline = _fit(estimator, fit_data.X, fit_data.y, key)
-    return DecisionModel(pipeline, calibrator, selection.threshold, selection.chosen), selection
+    model = DecisionModel(
+        pipeline, calibrator, selection.threshold, selection.chosen, selection.calibration
+    )
+    return model, selection
