@@ -359,6 +359,9 @@ class Candidate(_Strict):
 
     model: ModelKind
     hyperparams: dict[str, Any] = Field(default_factory=dict)
+    # how a logistic regression sees numbers: standardised, or through their quantiles mapped to
+    # a normal (heavy tails, or a mass at zero such as a day's rain, become usable by a line)
+    numbers: Literal["standard", "quantile"] = "standard"
 
 
 class TrainParams(_Strict):

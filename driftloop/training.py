@@ -20,6 +20,7 @@ LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "brier"})
 MIN_TRAIN_ROWS = 30
 SMALL_BATCH = 20_000
 ISOTONIC_MIN_ROWS = 1000  # fewer out-of-fold rows: isotonic calibration overfits, sigmoid only
+QUANTILES = 50  # of each number, for `numbers: quantile` (fewer rows: one per row)
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)  # decision thresholds tried
 
 
@@ -87,7 +88,7 @@ def make_estimator(
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline, make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
     numeric = [c for c in columns if c not in categorical]
     cats = [c for c in columns if c in categorical]
@@ -107,7 +108,10 @@ def make_estimator(
             steps += [("cat", cat, cats)] if cats else []
             model = RandomForestClassifier(random_state=train.seed, n_jobs=1, **hp)
         else:
-            num = make_pipeline(SimpleImputer(keep_empty_features=True), StandardScaler())
+            scale: Any = StandardScaler()
+            if candidate.numbers == "quantile":
+                scale = QuantileTransformer(n_quantiles=QUANTILES, output_distribution="normal")
+            num = make_pipeline(SimpleImputer(keep_empty_features=True), scale)
             cat = make_pipeline(
                 SimpleImputer(strategy="constant", fill_value="missing"), _encoder("onehot", train)
             )
@@ -334,10 +338,12 @@ def _fit(pipeline: Any, X: pd.DataFrame, y: pd.Series, key: str) -> Any:
     from threadpoolctl import threadpool_limits
 
     try:
-        if len(X) > SMALL_BATCH:
-            return pipeline.fit(X, y)
-        with threadpool_limits(limits=1):
-            return pipeline.fit(X, y)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "n_quantiles .* is greater than", UserWarning)
+            if len(X) > SMALL_BATCH:
+                return pipeline.fit(X, y)
+            with threadpool_limits(limits=1):
+                return pipeline.fit(X, y)
     except InvalidParameterError as exc:
         raise TrainingError(f"params.yaml: key '{key}': {str(exc).splitlines()[0]}") from None
 
