@@ -39,7 +39,8 @@ class Round:
 
 @pytest.fixture(scope="module")
 def first(module_project: Project) -> Round:
-    module_project.edit_params(train={"refit": True})  # as shipped
+    module_project.edit_params(train={"refit": True})
+    module_project.git("commit", "-qam", "params: refit gate winners, as shipped")  # as shipped
     ingested = cli("ingest", "--until", FIRST_UNTIL)
     assert ingested.exit_code == 0, ingested.stderr
     trained = cli("train", "--json").json()
