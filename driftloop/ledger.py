@@ -86,6 +86,7 @@ class Promotion(Event):
     champion_metrics: dict[str, float] | None = None
     experiment: str | None = None
     test: dict[str, Any] | None = None  # an experiment's statistical test
+    refit_of: str | None = None  # the gated version this one refits on the whole window
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from driftloop.drift import (
 from driftloop.features import attach_labels, label, make_dataset, sort_rows
 from driftloop.lineage import MonitorRun
 from driftloop.memo import Memo
-from driftloop.training import predict_proba, score
+from driftloop.training import predict_proba, score, threshold_of
 
 PREDICTION = "proba"
 # Log variants whose answers are the champion's own: served online or scored from a file.
@@ -173,7 +173,7 @@ def score_frame(
     proba = predict_proba(model, data.X)
     out = sort_rows(frame, params.data).copy()
     out[PREDICTION] = proba
-    out["prediction"] = (proba >= params.evaluation.threshold).astype(int)
+    out["prediction"] = (proba >= threshold_of(model, params.evaluation.threshold)).astype(int)
     out["label"] = data.y.where(data.y >= 0).to_numpy()
     return out
 
@@ -247,9 +247,14 @@ def served_labels(
 
 
 def performance(
-    params: Params, client: Any, champion: registry.ModelRef, scored: pd.DataFrame
+    params: Params,
+    client: Any,
+    champion: registry.ModelRef,
+    scored: pd.DataFrame,
+    threshold: float | None = None,
 ) -> PerformanceCheck:
-    """Metrics on window rows whose label has arrived, against the champion's holdout metrics."""
+    """Metrics on window rows whose label has arrived, against the champion's holdout metrics
+    (label metrics at the champion's own `threshold`; default evaluation.threshold)."""
     run = registry.run_metrics(client, champion.run_id)
     reference = {
         k.removeprefix("holdout_"): v
@@ -260,7 +265,8 @@ def performance(
     current: dict[str, float] = {}
     if not labelled.empty:
         y = labelled["label"].to_numpy(dtype=int)
-        current = score(y, labelled[PREDICTION].to_numpy(), params.evaluation.threshold)
+        cut = params.evaluation.threshold if threshold is None else threshold
+        current = score(y, labelled[PREDICTION].to_numpy(), cut)
     return PerformanceCheck(
         metric=params.promote.primary_metric,
         reference={k: float(v) for k, v in reference.items()},
@@ -396,7 +402,9 @@ def monitor(
     out_dir = settings.path(params.data.monitoring_dir) / end.isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
     current.to_parquet(out_dir / "predictions.parquet", index=False)
-    perf = performance(params, client, champion, current)
+    perf = performance(
+        params, client, champion, current, threshold_of(model, params.evaluation.threshold)
+    )
     html = params.monitor.html_report
 
     def drift_report(html: bool) -> tuple[DriftSummary | None, str | None]:

@@ -169,7 +169,10 @@ def trusted_types(model: Any) -> list[str]:
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
     # functools.partial wraps scikit-learn's own check_array inside HistGradientBoosting's
     # categorical preprocessor; skops still checks the wrapped function against this list.
-    return [t for t in untrusted if t.startswith(("sklearn.", "numpy.")) or t in _WRAPPERS]
+    # driftloop's own: the DecisionModel around the pipeline (calibration and threshold).
+    return [
+        t for t in untrusted if t.startswith(("sklearn.", "numpy.", "driftloop.")) or t in _WRAPPERS
+    ]
 
 
 _WRAPPERS = frozenset({"functools.partial"})

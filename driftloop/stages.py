@@ -18,14 +18,14 @@ from typing import Any
 import pandas as pd
 
 from driftloop import datastore, jsonio, versioning
-from driftloop.config import Params, Settings
+from driftloop.config import Candidate, Params, Settings
 from driftloop.errors import TrainingError
 from driftloop.features import Dataset, attach_labels, make_dataset, split_by_time
 from driftloop.ledger import Promotion
 from driftloop.lineage import Lineage, Verdict
 from driftloop.promotion import Decision, decide_promotion
 from driftloop.registry import ModelRef
-from driftloop.training import Evaluation, TrainedModel, evaluate, fit_candidate
+from driftloop.training import Evaluation, Selection, TrainedModel, evaluate, fit_candidate
 
 # -- the data a model is trained on --------------------------------------------------------------
 
@@ -57,11 +57,12 @@ class Split:
 
 @dataclass(frozen=True)
 class Fitted:
-    """A fitted pipeline and its cross-validation metrics."""
+    """A fitted model, its cross-validation metrics and what model selection chose."""
 
     estimator: Any
     cv: dict[str, float]
     n_train: int
+    selection: Selection | None = None
 
 
 def end_of(day: str | dt.date | None) -> pd.Timestamp | None:
@@ -107,9 +108,16 @@ def build_features(params: Params, data: TrainingData) -> Split:
 
 
 def train(params: Params, split: Split, *, cv: bool = True) -> Fitted:
-    """Time-series CV (folds cut on timestamps) and the fit on the whole training part."""
-    estimator, cv_metrics = fit_candidate(params.train, params.features, split.fit, cv=cv)
-    return Fitted(estimator, cv_metrics, len(split.fit))
+    """Model selection by time-series CV (folds cut on timestamps), calibration and decision
+    threshold, and the chosen candidate's fit on the whole training part."""
+    model, selection = fit_candidate(
+        params.train,
+        params.features,
+        split.fit,
+        cv=cv,
+        fixed_threshold=params.evaluation.threshold,
+    )
+    return Fitted(model, selection.metrics(), len(split.fit), selection)
 
 
 def evaluate_fitted(params: Params, fitted: Fitted, split: Split) -> TrainedModel:
@@ -124,6 +132,7 @@ def evaluate_fitted(params: Params, fitted: Fitted, split: Split) -> TrainedMode
         fitted.n_train,
         list(split.fit.X.columns),
         split.fit.X.tail(5).reset_index(drop=True),
+        fitted.selection,
     )
 
 
@@ -171,11 +180,17 @@ def register(
     data: TrainingData,
     trigger: str,
     validation: dict[str, Any] | None = None,
+    refit_of: ModelRef | None = None,
 ) -> ModelRef:
-    """Log the run to MLflow (lineage included) and register it as the new `challenger`."""
+    """Log the run to MLflow (lineage included) and register it as the new `challenger`.
+
+    `refit_of`: this model is that gated version refitted on its whole window; the run records
+    it, and its holdout metrics are the gated version's (this model has seen those rows).
+    """
     from driftloop import registry
 
     client = registry.connect(settings)
+    passed = validation is None or validation.get("success")
     lineage = Lineage(
         data_md5=data.data_md5,
         labels_md5=data.labels_md5,
@@ -183,21 +198,26 @@ def register(
         params_file=_relative(settings.params, settings.project),
         trigger=trigger,
         triggered_by=settings.triggered_by,
-        validation="passed" if validation is None or validation.get("success") else "failed",
+        validation=refit_of.lineage.validation if refit_of else "passed" if passed else "failed",
         model_params=model_params(params),
         train_params=params.train.model_dump_json(),
         train_since=data.since.isoformat() if data.since is not None else "all",
         train_until=data.until.isoformat(),
         labels_as_of=data.labels_as_of.isoformat() if data.labels_as_of is not None else "",
+        refit_of=refit_of.version if refit_of else "",
     )
     run_tags = {k: v for k, v in lineage.to_tags().items() if k != Lineage.tag("model_params")}
     record = registry.RunRecord(
         params={
-            **{f"train.{k}": v for k, v in params.train.model_dump().items() if k != "hyperparams"},
-            **{f"hp.{k}": v for k, v in params.train.hyperparams.items()},
+            **run_params(params, trained),
             "features": params.features.model_dump_json(),
             "train_since": lineage.train_since,
             "rows": len(data.frame),
+            **(
+                {"refit_of": refit_of.version, "holdout_metrics_of": refit_of.version}
+                if refit_of
+                else {}
+            ),
         },
         metrics=flat_metrics(trained),
         tags=run_tags,
@@ -216,13 +236,35 @@ def register(
     run_id, model_uri = registry.log_training_run(
         settings,
         params.train.experiment,
-        f"train-{trigger}"[:250],
+        f"train-{trigger}{f'-refit-v{refit_of.version}' if refit_of else ''}"[:250],
         trained.estimator,
         trained.example,
         record,
     )
     tags = Lineage(**{**lineage.__dict__, "run_id": run_id}).to_tags()
     return registry.register(client, params.train.model_name, run_id, model_uri, tags)
+
+
+def run_params(params: Params, trained: TrainedModel) -> dict[str, Any]:
+    """The training params as run params, with the chosen candidate's hyperparameters (`hp.*`)
+    and what model selection chose."""
+    train = params.train
+    chosen = trained.selection.chosen if trained.selection else next(iter(train.family()))
+    family = train.family()
+    out: dict[str, Any] = {
+        f"train.{k}": v
+        for k, v in train.model_dump(mode="json").items()
+        if k not in ("hyperparams", "candidates")
+    }
+    out["train.candidates"] = json.dumps(
+        {n: c.model_dump(mode="json") for n, c in family.items()}, sort_keys=True
+    )
+    picked = family.get(chosen, Candidate(model=train.model, hyperparams=train.hyperparams))
+    out["train.model"] = picked.model
+    out.update({f"hp.{k}": v for k, v in picked.hyperparams.items()})
+    if trained.selection is not None:
+        out.update(trained.selection.params())
+    return out
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -269,6 +311,7 @@ class PromotionResult:
     champion_eval: Evaluation | None
     applied: bool = False
     experiment: str | None = None  # promote.via experiment: the online test it is now in
+    refit: str | None = None  # the version refitted on the whole window that became champion
 
 
 def evaluate_on_holdout(
@@ -333,18 +376,27 @@ def promote(
     if champion is not None and champion.version != candidate.version:
         champ_eval = evaluate_on_holdout(params, champion, data.frame, after)
     decision = _decide(params, champion, candidate, cand_eval, champ_eval)
-    experiment = None
+    experiment = refit = None
     applied = False
     if decision.promote and champion is not None and params.promote.via == "experiment":
         decision, experiment = stage_challenger(params, settings, candidate, data, decision)
     elif decision.promote:
+        winner = candidate
+        if params.train.refit:
+            winner = refit_winner(params, settings, candidate, data, trigger)
+            refit = winner.version if winner.version != candidate.version else None
         event = _promotion_event(params, settings, candidate, trigger, data, basis, decision)
-        refused = champions.move(settings, client, _with(event, cand_eval, champ_eval), basis)
+        event = dataclasses.replace(
+            _with(event, cand_eval, champ_eval),
+            version=winner.version,
+            refit_of=refit and candidate.version,
+        )
+        refused = champions.move(settings, client, event, basis)
         applied = refused is None
         if refused is not None:
             decision = Decision(False, refused)
     result = PromotionResult(
-        candidate.version, basis, decision, cand_eval, champ_eval, applied, experiment
+        candidate.version, basis, decision, cand_eval, champ_eval, applied, experiment, refit
     )
     _record_decision(params, settings, client, candidate, result, trigger, data)
     return result
@@ -385,6 +437,50 @@ def _with(event: Promotion, cand: Evaluation, champ: Evaluation | None) -> Promo
     )
 
 
+def refit_on_window(model: Any, whole: Dataset) -> Any:
+    """The model's candidate, calibration and threshold, its pipeline fitted on every labelled
+    row of the window (a model without `refitted` is returned as it is)."""
+    return model.refitted(whole.X, whole.y) if hasattr(model, "refitted") else model
+
+
+def refit_winner(
+    params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, trigger: str
+) -> ModelRef:
+    """The gate's winner fitted anew on its whole window, holdout included (same candidate,
+    calibration and threshold), registered as a new version that names the gated one.
+
+    The gate compared the gated version on the holdout; the refit adds the most recent rows,
+    which a model serving tomorrow needs most. A model without `refitted` (trained by an
+    earlier driftloop) is returned as it is.
+    """
+    from driftloop import registry
+
+    gated = registry.load_model(candidate)
+    if not hasattr(gated, "refitted"):
+        return candidate
+    own = params_of(params, candidate)
+    split = build_features(own, data)
+    whole = make_dataset(data.frame, own)
+    model = refit_on_window(gated, whole)
+    holdout = evaluate(gated, split.holdout, params.evaluation.threshold)
+    client = registry.connect(settings)
+    cv = {
+        k: v
+        for k, v in registry.run_metrics(client, candidate.run_id).items()
+        if k.startswith(("cv_", "candidate.", "calibration.")) or k in ("threshold", "n_cv_rows")
+    }
+    trained = TrainedModel(
+        model,
+        cv,
+        holdout,
+        len(whole),
+        list(whole.X.columns),
+        whole.X.tail(5).reset_index(drop=True),
+        gated.selection(params.train.threshold_for),
+    )
+    return register(params, settings, trained, data, trigger, refit_of=candidate)
+
+
 def stage_challenger(
     params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, gate: Decision
 ) -> tuple[Decision, str | None]:
@@ -421,16 +517,31 @@ def _record_decision(
     from driftloop import registry
 
     verdict = "promoted" if result.applied else "challenger" if result.experiment else "rejected"
+    reason = result.decision.reason
+    if result.refit is not None:
+        reason = f"{reason}; refitted on the whole window (holdout included) as v{result.refit}"
     registry.tag_version(
         client,
         candidate.name,
         candidate.version,
         {
             Verdict.tag("decision"): verdict,
-            Verdict.tag("reason"): result.decision.reason,
+            Verdict.tag("reason"): reason,
             Verdict.tag("champion_before"): str(result.champion_before),
         },
     )
+    if result.refit is not None:
+        registry.tag_version(
+            client,
+            candidate.name,
+            result.refit,
+            {
+                Verdict.tag("decision"): verdict,
+                Verdict.tag("reason"): f"refit of v{candidate.version}, which passed the gate: "
+                + result.decision.reason,
+                Verdict.tag("champion_before"): str(result.champion_before),
+            },
+        )
     if not result.applied:  # an applied promotion was recorded with the champion's move
         event = _promotion_event(
             params,
@@ -449,8 +560,9 @@ def _record_decision(
         {
             "model": candidate.name,
             "candidate": candidate.version,
+            "refit": result.refit,
             "decision": verdict,
-            "reason": result.decision.reason,
+            "reason": reason,
             "champion_before": result.champion_before,
         },
     )
@@ -511,8 +623,11 @@ class TrainOutcome:
 
     @property
     def message(self) -> str:
+        refit = self.extra.get("refit")
         verdict = (
-            "promoted to champion"
+            f"promoted to champion, refitted on the whole window as v{refit}"
+            if self.promoted and refit
+            else "promoted to champion"
             if self.promoted
             else "challenger, tested online"
             if self.extra.get("experiment")
@@ -571,5 +686,6 @@ def train_and_promote(
         outcome.holdout,
         result.applied,
         result.decision.reason,
-        {"experiment": result.experiment} if result.experiment else {},
+        ({"experiment": result.experiment} if result.experiment else {})
+        | ({"refit": result.refit} if result.refit else {}),
     )

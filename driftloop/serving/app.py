@@ -329,7 +329,7 @@ def _alert_guardrail(model: str, variant: str, reason: str) -> None:
 def _answer(
     service: Service, batch: Batch, model: Loaded, variant: str, idx: list[int], proba: np.ndarray
 ) -> None:
-    labels = (proba >= service.params.evaluation.threshold).astype(int)
+    labels = (proba >= model.threshold(service.params.evaluation.threshold)).astype(int)
     version = model.version
     ids = [batch.ids[i] for i in idx]
     rows = [batch.rows[i] for i in idx]
