@@ -137,7 +137,7 @@ def lineage(params: Params, settings: Settings, version: str | None) -> dict[str
         {"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source}
         for d in (run.inputs.dataset_inputs if run.inputs else [])
     ]
-    validation = _artifact_json(ref.run_id, "validation.json")
+    validation = artifact_json(ref.run_id, "validation.json")
     lineage, verdict = ref.lineage, ref.verdict
     return {
         "model": name,
@@ -169,7 +169,7 @@ def lineage(params: Params, settings: Settings, version: str | None) -> dict[str
     }
 
 
-def _artifact_json(run_id: str, path: str) -> dict[str, Any] | None:
+def artifact_json(run_id: str, path: str) -> dict[str, Any] | None:
     """A JSON artifact of a run, read through a temporary folder (None when it is missing)."""
     import mlflow.artifacts
 
