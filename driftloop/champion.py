@@ -120,9 +120,14 @@ def champions_history(settings: Settings, name: str) -> list[str]:
 
 
 def previous_champion(settings: Settings, name: str, now: str | None) -> str | None:
-    """The champion before the current one."""
+    """The champion before the current one, never a version that a rollback moved away from."""
+    rolled_back = {
+        str(r.event.champion_before)
+        for r in store_of(settings).events(name, ("rollback",))
+        if isinstance(r.event, Rollback) and r.event.champion_before is not None
+    }
     for version in reversed(champions_history(settings, name)):
-        if version != now:
+        if version != now and version not in rolled_back:
             return version
     return None
 

@@ -435,7 +435,9 @@ def lineage(
 
 @app.command()
 def rollback(
-    reason: str = typer.Option(..., help="Why (recorded on the version and in the audit log)"),
+    reason: str = typer.Option(
+        ..., help="Why (recorded on the version and in the decision ledger)"
+    ),
     to: str = typer.Option(
         None, "--to", help="Version to restore (default: the previous champion)"
     ),
@@ -449,6 +451,11 @@ def rollback(
     except DriftloopError as exc:
         _fail(exc)
         return
+    if os.environ.get("PREFECT_API_URL"):  # a stack or server: the alert automations hear it
+        from tasks import alerts
+
+        payload = {"version": after, "champion_before": before, "reason": reason}
+        alerts.publish("driftloop.rollback", params.train.model_name, payload)
     typer.echo(f"champion v{before} -> v{after}: {reason}")
 
 
@@ -699,7 +706,7 @@ def experiment_status(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @experiment_app.command("stop")
 def experiment_stop(
-    reason: str = typer.Option("stopped by hand", help="Why (recorded in the audit log)"),
+    reason: str = typer.Option("stopped by hand", help="Why (recorded in the decision ledger)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Stop the running experiment: all traffic back to the champion (exit 8 if none runs)."""

@@ -350,20 +350,55 @@ class FeatureParams(_Strict):
         return [*self.numerical, *self.categorical]
 
 
+Metric = Literal["roc_auc", "f1", "accuracy", "log_loss", "brier"]
+ModelKind = Literal["hist_gradient_boosting", "logistic_regression", "random_forest"]
+
+
+class Candidate(_Strict):
+    """One model of the family `train.candidates` chooses from: its kind and hyperparameters."""
+
+    model: ModelKind
+    hyperparams: dict[str, Any] = Field(default_factory=dict)
+    # how a logistic regression sees numbers: standardised, or through their quantiles mapped to
+    # a normal (heavy tails, or a mass at zero such as a day's rain, become usable by a line)
+    numbers: Literal["standard", "quantile"] = "standard"
+
+
 class TrainParams(_Strict):
     experiment: str = "driftloop-train"
     model_name: str = "driftloop_model"
     holdout_days: int = Field(180, ge=1)
     cv_splits: int = Field(4, ge=2)
     seed: int = 42
-    model: Literal["hist_gradient_boosting", "logistic_regression", "random_forest"] = (
-        "hist_gradient_boosting"
-    )
+    # the single model trained when `candidates` is empty
+    model: ModelKind = "hist_gradient_boosting"
     hyperparams: dict[str, Any] = Field(default_factory=dict)
+    # name -> candidate: the one with the best mean time-series CV `select_by` is trained
+    candidates: dict[str, Candidate] = Field(default_factory=dict)
+    select_by: Metric = "roc_auc"
+    # calibrate the chosen model's probability (on time-ordered out-of-fold predictions) where
+    # that lowers the CV log loss: auto tries sigmoid (and isotonic with enough rows), none never
+    calibration: Literal["auto", "sigmoid", "isotonic", "none"] = "auto"
+    # the decision threshold of label metrics, chosen on the CV folds' out-of-fold predictions to
+    # maximise this metric and stored with the model; fixed: evaluation.threshold
+    threshold_for: Literal["accuracy", "f1", "fixed"] = "accuracy"
+    cv_max_rows: int | None = Field(None, ge=100)  # CV on at most this many rows (time order kept)
+    refit: bool = True  # a gate winner is refitted on its whole window (holdout too) first
     max_categories: int = Field(250, ge=2, le=254)  # rarer categories are grouped
 
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _named_candidates(cls, value: Any) -> Any:
+        """A list of kinds is accepted too (each with its default hyperparameters)."""
+        if isinstance(value, list):
+            return {str(kind): {"model": kind} for kind in value}
+        return value
 
-Metric = Literal["roc_auc", "f1", "accuracy", "log_loss", "brier"]
+    def family(self) -> dict[str, Candidate]:
+        """The candidates to choose from (the single `model` when none are listed)."""
+        if self.candidates:
+            return dict(self.candidates)
+        return {self.model: Candidate(model=self.model, hyperparams=self.hyperparams)}
 
 
 class EvaluationParams(_Strict):
@@ -664,10 +699,6 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifacts(self) -> str:
         return self.artifact_root or (self.state_dir / "mlartifacts").as_uri()
-
-    @property
-    def audit_log(self) -> Path:
-        return self.state_dir / "audit.jsonl"
 
     @property
     def lock_dir(self) -> Path:

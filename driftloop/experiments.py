@@ -3,7 +3,7 @@
 The pure core: sticky assignment, the canary ramp, the sample-ratio-mismatch check, guardrails,
 the minimum sample size and the statistical test, and the verdict. Thin adapters beside it keep
 the experiment's state file, count guardrails in process, read the prediction log and apply a
-verdict through the training gate's compare-and-set and audit log.
+verdict through the champion's compare-and-set in the decision ledger.
 
 Repeated looks: a FIXED HORIZON that the evaluation enforces. The evaluation flow may look every
 hour, but a test is run only once the labelled rows reach the minimum sample size (computed with
@@ -29,12 +29,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import math
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +42,7 @@ import pandas as pd
 from driftloop import jsonio, versioning
 from driftloop.config import ExperimentParams, Params, PromoteParams, Settings
 from driftloop.errors import DriftloopError
+from driftloop.ledger import Event, ExperimentEnd, ExperimentStart, Promotion
 from driftloop.promotion import Decision, decide_promotion
 from driftloop.training import Evaluation, evaluate_predictions
 
@@ -604,47 +604,52 @@ def waiting(state: ExperimentState, seen: Look, now: dt.datetime) -> tuple[Actio
 # -- adapters: the state file --------------------------------------------------------------------
 
 
-def state_path(settings: Settings, model_name: str) -> Path:
-    """The model's experiment file: the running experiment, or the last one that ended."""
-    return settings.state_dir / "experiments" / f"{model_name}.json"
-
-
 def _lock(settings: Settings, model_name: str) -> Any:
+    """Serialises this machine's writers of an experiment; across machines the ledger's
+    compare-and-set on the champion decides (an experiment never promotes twice)."""
     return versioning.project_lock(settings.lock_dir, f"experiment-{model_name}")
 
 
 def read_state(settings: Settings, model_name: str) -> ExperimentState | None:
-    """The model's current or last experiment (None if it never had one)."""
-    path = state_path(settings, model_name)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    return ExperimentState.from_dict(json.loads(text))
+    """The model's current or last experiment (None if it never had one), from the state store
+    that every worker and every service replica shares."""
+    from driftloop.champion import store_of
+
+    raw = store_of(settings).experiment_state(model_name)
+    return None if raw is None else ExperimentState.from_dict(raw)
 
 
 class StateCache:
-    """`load_state` re-reads the file only when it changed (stat, not read, every second)."""
+    """`load_state` reads the store at most once a second per model (the service asks on every
+    request); a change made elsewhere is seen within that second, one made here at once."""
+
+    TTL_SECONDS = 1.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._seen: dict[Path, tuple[tuple[int, int, int], ExperimentState | None]] = {}
+        self._seen: dict[tuple[str, str], tuple[float, ExperimentState | None]] = {}
 
     def get(self, settings: Settings, model_name: str) -> ExperimentState | None:
-        path = state_path(settings, model_name)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        key = (str(settings.state_dir), model_name)
+        now = time.monotonic()
         with self._lock:
-            cached = self._seen.get(path)
-            if cached is not None and cached[0] == signature:
+            cached = self._seen.get(key)
+            if cached is not None and now - cached[0] < self.TTL_SECONDS:
                 return cached[1]
         state = read_state(settings, model_name)
-        with self._lock:
-            self._seen[path] = (signature, state)
+        self.put(settings, model_name, state, now)
         return state
+
+    def put(
+        self,
+        settings: Settings,
+        model_name: str,
+        state: ExperimentState | None,
+        now: float | None = None,
+    ) -> None:
+        with self._lock:
+            key = (str(settings.state_dir), model_name)
+            self._seen[key] = (time.monotonic() if now is None else now, state)
 
     def clear(self) -> None:
         with self._lock:
@@ -660,26 +665,34 @@ def load_state(settings: Settings, model_name: str) -> ExperimentState | None:
     return state if state is not None and state.running else None
 
 
-def save_state(settings: Settings, state: ExperimentState) -> None:
-    """Write the experiment file atomically (readers see the old or the new state)."""
-    jsonio.write_json(state_path(settings, state.model_name), state.to_dict())
+def save_state(settings: Settings, state: ExperimentState, event: Event | None = None) -> None:
+    """Write the experiment's state (and the ledger event that changed it) in one transaction:
+    readers see the old or the new state."""
+    from driftloop.champion import store_of
+
+    store_of(settings).save_experiment(state.model_name, state.to_dict(), event)
+    STATES.put(settings, state.model_name, state)
 
 
-def _audit(settings: Settings, state: ExperimentState, event: str, **extra: Any) -> None:
-    from driftloop import registry
+def _started(settings: Settings, state: ExperimentState) -> ExperimentStart:
+    return ExperimentStart(
+        state.model_name,
+        experiment=state.id,
+        experiment_kind=state.kind,
+        champion=state.champion_version,
+        challenger=state.challenger_version,
+        reason=f"triggered by {settings.triggered_by}",
+    )
 
-    registry.append_audit(
-        settings,
-        {
-            "event": event,
-            "model": state.model_name,
-            "version": state.challenger_version,
-            "champion_before": state.champion_version,
-            "experiment": state.id,
-            "kind": state.kind,
-            "triggered_by": settings.triggered_by,
-            **extra,
-        },
+
+def _ended(state: ExperimentState, outcome: str, reason: str) -> ExperimentEnd:
+    return ExperimentEnd(
+        state.model_name,
+        experiment=state.id,
+        outcome=outcome,
+        reason=reason,
+        champion=state.champion_version,
+        challenger=state.challenger_version,
     )
 
 
@@ -712,8 +725,7 @@ def start_experiment(
             raise ExperimentError(f"{name}: no '{missing}' alias; nothing to experiment with")
         when = now or dt.datetime.now(dt.UTC)
         state = new_state(name, champion.version, challenger.version, params.serve.experiment, when)
-        save_state(settings, state)
-        _audit(settings, state, "experiment-start", params=state.params.model_dump(mode="json"))
+        save_state(settings, state, _started(settings, state))
     return state
 
 
@@ -762,8 +774,7 @@ def _end(
     now: dt.datetime | None = None,
 ) -> ExperimentState:
     done = ended(state, outcome, reason, now or dt.datetime.now(dt.UTC))
-    save_state(settings, done)
-    _audit(settings, done, "experiment-end", decision=outcome, reason=reason)
+    save_state(settings, done, _ended(done, outcome, reason))
     return done
 
 
@@ -844,7 +855,7 @@ def apply_verdict(
     verdict: ExperimentVerdict,
     now: dt.datetime | None = None,
 ) -> ExperimentState | None:
-    """Promote (the training gate's compare-and-set, version tags, audit) or end the experiment.
+    """Promote (the ledger's compare-and-set, version tags, the event) or end the experiment.
 
     Under the experiment's lock, and only while this very experiment still runs: a guardrail
     that ended it during the evaluation wins. `continue` changes nothing. Returns the ended
@@ -884,30 +895,38 @@ def _tag(settings: Settings, state: ExperimentState, decision: str, reason: str)
 
 
 def _promote(settings: Settings, state: ExperimentState, verdict: ExperimentVerdict) -> str | None:
-    """Move champion to the challenger if it is still the experiment's champion; audit it."""
-    from driftloop import registry, stages
+    """Move champion to the challenger if it is still the experiment's champion (the ledger's
+    compare-and-set, the decision recorded with the move or as a refusal)."""
+    from driftloop import champion, jsonio, registry
 
     client = registry.connect(settings)
     name = state.model_name
-    with stages.promote_lock(settings, name):
-        refused = stages.set_champion_if_unchanged(
-            client, name, state.challenger_version, state.champion_version
-        )
-        decision = "promoted" if refused is None else "rejected"
-        reason = verdict.reason if refused is None else refused
-        _tag(settings, state, decision, reason)
-        _audit(
-            settings,
-            state,
-            "promotion",
-            decision=decision,
-            reason=reason,
-            trigger=f"experiment {state.kind}",
-            metric=state.params.metric,
-            candidate_metrics=verdict.challenger_eval.metrics if verdict.challenger_eval else None,
-            champion_metrics=verdict.champion_eval.metrics if verdict.champion_eval else None,
-            test=verdict.test,
-        )
+    challenger = registry.get_version(client, name, state.challenger_version)
+    event = Promotion(
+        name,
+        version=state.challenger_version,
+        decision="promoted",
+        reason=verdict.reason,
+        trigger=f"experiment {state.kind}",
+        triggered_by=settings.triggered_by,
+        champion_before=state.champion_version,
+        data_md5=challenger.lineage.data_md5,
+        labels_md5=challenger.lineage.labels_md5,
+        metric=state.params.metric,
+        candidate_metrics=jsonio.to_jsonable(
+            verdict.challenger_eval.metrics if verdict.challenger_eval else {}
+        ),
+        champion_metrics=jsonio.to_jsonable(
+            verdict.champion_eval.metrics if verdict.champion_eval else None
+        ),
+        experiment=state.id,
+        test=jsonio.to_jsonable(verdict.test) if verdict.test is not None else None,
+    )
+    refused = champion.move(settings, client, event, state.champion_version)
+    if refused is not None:
+        champion.record(settings, dataclasses.replace(event, decision="rejected", reason=refused))
+    decision = "promoted" if refused is None else "rejected"
+    _tag(settings, state, decision, verdict.reason if refused is None else refused)
     return refused
 
 

@@ -85,6 +85,8 @@ class Promotion(Event):
     candidate_metrics: dict[str, float] = field(default_factory=dict)
     champion_metrics: dict[str, float] | None = None
     experiment: str | None = None
+    test: dict[str, Any] | None = None  # an experiment's statistical test
+    refit_of: str | None = None  # the gated version this one refits on the whole window
 
 
 @dataclass(frozen=True)
@@ -432,6 +434,29 @@ class Store:
             )
         return True
 
+    def claim_retrain(self, event: RetrainClaim, cooldown_days: int) -> bool:
+        """Claim the model's retrain for `event.day` unless one was claimed within the cooldown
+        before it (any worker, any machine); False (nothing written) when it was."""
+        import sqlalchemy as sa
+
+        day = dt.date.fromisoformat(event.day)
+        with self._transaction() as conn:
+            keys = conn.execute(
+                sa.select(self.claims.c.key).where(
+                    (self.claims.c.model == event.model) & (self.claims.c.what == "retrain")
+                )
+            ).all()
+            days = [dt.date.fromisoformat(row.key) for row in keys]
+            if any((day - d).days < max(cooldown_days, 1) for d in days):
+                return False
+            recorded = self._append(conn, event)
+            conn.execute(
+                sa.insert(self.claims).values(
+                    model=event.model, what="retrain", key=event.day, seq=recorded.seq
+                )
+            )
+        return True
+
     def claims_of(self, model: str, what: str) -> list[str]:
         """The keys claimed for a model, oldest first."""
         import sqlalchemy as sa
@@ -571,6 +596,11 @@ class Stores:
 
 
 STORES = Stores()
+
+
+def store_exists(state_dir: Path) -> bool:
+    """Whether there is a store to read (a read never creates one)."""
+    return bool(os.environ.get(STATE_URL_ENV)) or (state_dir / "state.db").exists()
 
 
 def open_store(state_dir: Path) -> Store:

@@ -67,6 +67,7 @@ class Lineage(Tagged):
     train_since: str = "all"  # ISO timestamp after which training rows start, or "all"
     train_until: str = ""  # ISO timestamp of the last training row
     labels_as_of: str = ""  # labels known at this time were joined
+    refit_of: str = ""  # the version whose gate this refit (on the whole window) passed
 
     @property
     def since(self) -> pd.Timestamp | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +38,7 @@ from driftloop.drift import (
 from driftloop.features import label, make_dataset, sort_rows
 from driftloop.lineage import MonitorRun
 from driftloop.memo import Memo
-from driftloop.training import predict_proba, score
+from driftloop.training import predict_proba, score, threshold_of
 
 PREDICTION = "proba"
 # Log variants whose answers are the champion's own: served online or scored from a file.
@@ -178,7 +177,7 @@ def score_frame(
     proba = predict_proba(model, data.X)
     out = sort_rows(frame, params.data).copy()
     out[PREDICTION] = proba
-    out["prediction"] = (proba >= params.evaluation.threshold).astype(int)
+    out["prediction"] = (proba >= threshold_of(model, params.evaluation.threshold)).astype(int)
     out["label"] = data.y.where(data.y >= 0).to_numpy()
     return out
 
@@ -243,9 +242,14 @@ def served_labels(
 
 
 def realised_performance(
-    params: Params, client: Any, champion: registry.ModelRef, scored: pd.DataFrame
+    params: Params,
+    client: Any,
+    champion: registry.ModelRef,
+    scored: pd.DataFrame,
+    threshold: float | None = None,
 ) -> PerformanceCheck:
-    """Metrics on window rows whose label has arrived, against the champion's holdout metrics."""
+    """Metrics on window rows whose label has arrived, against the champion's holdout metrics
+    (label metrics at the champion's own `threshold`; default evaluation.threshold)."""
     run = registry.run_metrics(client, champion.run_id)
     reference = {
         k.removeprefix("holdout_"): v
@@ -256,7 +260,8 @@ def realised_performance(
     current: dict[str, float] = {}
     if not labelled.empty:
         y = labelled["label"].to_numpy(dtype=int)
-        current = score(y, labelled[PREDICTION].to_numpy(), params.evaluation.threshold)
+        cut = params.evaluation.threshold if threshold is None else threshold
+        current = score(y, labelled[PREDICTION].to_numpy(), cut)
     return PerformanceCheck(
         metric=params.promote.primary_metric,
         reference={k: float(v) for k, v in reference.items()},
@@ -266,16 +271,12 @@ def realised_performance(
     )
 
 
-def _retrain_state(settings: Settings, model_name: str) -> Path:
-    return settings.state_dir / f"retrain-{model_name}.json"
-
-
 def last_retrain(settings: Settings, model_name: str = "") -> dt.date | None:
-    """The data date of the model's last claimed retrain (for the cooldown)."""
-    path = _retrain_state(settings, model_name)
-    if not path.exists():
-        return None
-    return dt.date.fromisoformat(json.loads(path.read_text())["as_of"])
+    """The data date of the model's last claimed retrain (for the cooldown), from the ledger."""
+    from driftloop.champion import store_of
+
+    days = store_of(settings).claims_of(model_name, "retrain")
+    return max(dt.date.fromisoformat(d) for d in days) if days else None
 
 
 def _last_trained(settings: Settings, champion: registry.ModelRef) -> dt.date | None:
@@ -286,21 +287,25 @@ def _last_trained(settings: Settings, champion: registry.ModelRef) -> dt.date | 
 
 
 def claim_retrain(
-    settings: Settings, as_of: dt.date, reason: str, cooldown_days: int, model_name: str = ""
+    settings: Settings,
+    as_of: dt.date,
+    reason: str,
+    cooldown_days: int,
+    model_name: str = "",
+    champion: str | None = None,
 ) -> bool:
-    """Atomically claim the model's next retrain: False if one was claimed within the cooldown."""
-    path = _retrain_state(settings, model_name)
-    with versioning.project_lock(settings.lock_dir, f"retrain-{model_name}"):
-        previous = last_retrain(settings, model_name)
-        if previous is not None and (as_of - previous).days < max(cooldown_days, 1):
-            return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"as_of": as_of.isoformat(), "reason": reason}) + "\n")
-    registry.append_audit(
-        settings,
-        {"event": "retrain", "model": model_name, "as_of": as_of.isoformat(), "reason": reason},
+    """Claim the model's next retrain in the ledger: False if any worker claimed one within the
+    cooldown (one compare-and-set, so two monitors on the same trigger retrain once)."""
+    from driftloop.champion import store_of
+    from driftloop.ledger import RetrainClaim
+
+    event = RetrainClaim(
+        model_name,
+        day=as_of.isoformat(),
+        reason=reason,
+        champion=champion,
     )
-    return True
+    return store_of(settings).claim_retrain(event, cooldown_days)
 
 
 def _window_bounds(end: dt.date, days: int) -> tuple[dt.date, pd.Timestamp, pd.Timestamp]:
@@ -498,7 +503,9 @@ def performance(params: Params, settings: Settings, window: Window) -> Performan
     """Realised metrics on the window's labelled rows, against the champion's holdout metrics."""
     assert window.champion is not None and window.current is not None
     client = registry.connect(settings)
-    return Performance(realised_performance(params, client, window.champion, window.current))
+    threshold = threshold_of(window.model, params.evaluation.threshold)
+    realised = realised_performance(params, client, window.champion, window.current, threshold)
+    return Performance(realised)
 
 
 def decide(

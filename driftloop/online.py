@@ -364,14 +364,22 @@ def served_answers(params: Params, settings: Settings) -> pd.DataFrame:
 
 
 def arm_events(settings: Settings, model_name: str) -> list[dict[str, Any]]:
-    """The arm's promotion decisions and experiments, from the audit log, in order."""
-    keep = ("event", "version", "decision", "reason", "trigger", "champion_before", "experiment")
-    kinds = ("promotion", "experiment-start", "experiment-end")
-    return [
-        {k: e[k] for k in keep if k in e}
-        for e in registry.read_audit(settings)
-        if e.get("model") == model_name and e.get("event") in kinds
-    ]
+    """The arm's promotion decisions and experiments, from the decision ledger, in order."""
+    from driftloop.champion import store_of
+
+    keep = ("version", "decision", "reason", "trigger", "champion_before", "experiment")
+    names = {"promotion": "promotion", "experiment_start": "experiment-start"}
+    names["experiment_end"] = "experiment-end"
+    out: list[dict[str, Any]] = []
+    for recorded in store_of(settings).events(model_name, tuple(names)):
+        raw = recorded.event.payload()
+        if recorded.kind == "experiment_end":
+            raw["decision"] = raw["outcome"]
+        if recorded.kind != "promotion":
+            raw["version"] = raw.get("challenger")
+            raw["champion_before"] = raw.get("champion")
+        out.append({"event": names[recorded.kind], **{k: raw[k] for k in keep if k in raw}})
+    return out
 
 
 def arm_summary(

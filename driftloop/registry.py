@@ -1,4 +1,4 @@
-"""MLflow at the edge: tracking runs, the model registry, aliases and the audit log.
+"""MLflow at the edge: tracking runs, the model registry and aliases.
 
 Everything that talks to MLflow lives here. Embedded default: a local SQLite file (WAL mode,
 schema created once under a lock) with a local artifact folder; any tracking URI by env var.
@@ -7,9 +7,7 @@ schema created once under a lock) with a local artifact folder; any tracking URI
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
-import json
 import logging
 import posixpath
 import re
@@ -21,7 +19,6 @@ from typing import Any
 
 import pandas as pd
 
-from driftloop import jsonio
 from driftloop.config import Settings
 from driftloop.errors import RegistryError
 from driftloop.lineage import COMPLETE_TAG, Lineage, Verdict
@@ -172,7 +169,10 @@ def trusted_types(model: Any) -> list[str]:
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
     # functools.partial wraps scikit-learn's own check_array inside HistGradientBoosting's
     # categorical preprocessor; skops still checks the wrapped function against this list.
-    return [t for t in untrusted if t.startswith(("sklearn.", "numpy.")) or t in _WRAPPERS]
+    # driftloop's own: the DecisionModel around the pipeline (calibration and threshold).
+    return [
+        t for t in untrusted if t.startswith(("sklearn.", "numpy.", "driftloop.")) or t in _WRAPPERS
+    ]
 
 
 _WRAPPERS = frozenset({"functools.partial"})
@@ -197,7 +197,10 @@ def _dataset(record: RunRecord) -> Any:
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(record.dataset_name)
-    schema = infer_signature(record.dataset.head(1000)).inputs
+    sample = record.dataset.head(1000)  # integers as doubles, as in the model's signature
+    schema = infer_signature(
+        sample.astype({c: "float64" for c in sample.select_dtypes("integer")})
+    ).inputs
     return MetaDataset(  # type: ignore[abstract]
         source, name=record.dataset_name, digest=record.dataset_digest, schema=schema
     )
@@ -382,17 +385,3 @@ def load_model(ref: ModelRef) -> Any:
 
 def run_metrics(client: Any, run_id: str) -> dict[str, float]:
     return dict(_call(client.get_run, run_id).data.metrics)
-
-
-def append_audit(settings: Settings, entry: dict[str, Any]) -> None:
-    """Append one JSON line to the audit log (who, what, data hash, metrics, decision)."""
-    settings.audit_log.parent.mkdir(parents=True, exist_ok=True)
-    stamped = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **entry}
-    with settings.audit_log.open("a") as fh:
-        fh.write(jsonio.dumps(stamped, sort_keys=True) + "\n")
-
-
-def read_audit(settings: Settings) -> list[dict[str, Any]]:
-    if not settings.audit_log.exists():
-        return []
-    return [json.loads(line) for line in settings.audit_log.read_text().splitlines() if line]

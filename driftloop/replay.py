@@ -23,7 +23,7 @@ import yaml
 from driftloop import datastore, jsonio, labels, stages
 from driftloop.config import Params, Settings
 from driftloop.features import make_dataset
-from driftloop.training import score
+from driftloop.training import score, threshold_of
 
 INITIAL_TRIGGER = "replay: initial model"
 
@@ -168,13 +168,23 @@ def predict_with(models: list[Any], starts: list[dt.date], feats: pd.DataFrame) 
     return proba
 
 
+def thresholds_with(
+    models: list[Any], starts: list[dt.date], feats: pd.DataFrame, default: float
+) -> np.ndarray:
+    """The decision threshold of the model live on each row's day (its own, else `default`)."""
+    which = _assign(feats["__time"], starts)
+    cuts = np.array([threshold_of(m, default) for m in models] + [default])
+    return cuts[np.where(which >= 0, which, len(models))]
+
+
 def scheduled_models(
     params: Params, ws: Settings, last: dt.date
 ) -> tuple[list[Any], list[dt.date]]:
     """Retrain every `retrain.schedule_every_days` on the retrain window and always deploy.
 
     Each model is fitted exactly as a retrain's candidate is (same window, labels known then,
-    same training part), without the CV and holdout scoring that only the promotion gate reads.
+    same training part, same model selection, calibration and threshold), without the holdout
+    scoring that only the promotion gate reads.
     """
     first = dt.date.fromisoformat(params.replay.initial_until)
     every = dt.timedelta(days=params.retrain.schedule_every_days)
@@ -186,24 +196,32 @@ def scheduled_models(
         window = None if i == 0 else params.retrain.window_days
         data = stages.load_training_data(params, ws, window, start.isoformat())
         split = stages.build_features(params, data)
-        models.append(stages.train(params, split, cv=False).estimator)
+        model = stages.train(params, split).estimator
+        if params.train.refit:  # always deployed: refitted on the whole window, as a winner is
+            model = stages.refit_on_window(model, make_dataset(data.frame, params))
+        models.append(model)
     return models, starts
 
 
 def strategy_metrics(
-    frame: pd.DataFrame, proba: np.ndarray, threshold: float = 0.5
+    frame: pd.DataFrame, proba: np.ndarray, threshold: float | np.ndarray = 0.5
 ) -> dict[str, Any]:
-    """Accuracy and ROC AUC overall and per month over all labelled predictions.
+    """Accuracy and ROC AUC overall and per month over all labelled predictions (labels at
+    `threshold`: one, or each row's model's own).
 
     `frame` has the row time in its first column and the label (NaN: never arrived) in `label`.
     """
     times = frame.iloc[:, 0]
     ok = frame["label"].notna().to_numpy() & ~np.isnan(proba)
     y, p = frame["label"].to_numpy()[ok].astype(int), proba[ok]
+    cut = np.broadcast_to(np.asarray(threshold, dtype=float), proba.shape)[ok]
     months = pd.to_datetime(times).dt.strftime("%Y-%m").to_numpy()[ok]
-    overall = score(y, p, threshold)
+    overall = score(y, p, cut)
     monthly = {
-        m: {k: score(y[months == m], p[months == m], threshold)[k] for k in ("accuracy", "roc_auc")}
+        m: {
+            k: score(y[months == m], p[months == m], cut[months == m])[k]
+            for k in ("accuracy", "roc_auc")
+        }
         for m in sorted(set(months))
     }
     return {
@@ -225,21 +243,26 @@ def compare(
     last = dt.date.fromisoformat(steps[-1].as_of) if steps else first
     # The loop: the champion live when each batch arrived predicts that batch.
     loop_starts = [dt.date.fromisoformat(s.batch_start) for s in steps]
-    loop = predict_with([loop_models[str(s.champion)] for s in steps], loop_starts, feats)
+    live = [loop_models[str(s.champion)] for s in steps]
+    loop = predict_with(live, loop_starts, feats)
     static_version = steps[0].champion if steps else None
     static = predict_with([loop_models[str(static_version)]], [first], feats)
     sched_models, sched_starts = scheduled_models(params, ws, last)
-    scheduled = predict_with(sched_models, [d + dt.timedelta(days=1) for d in sched_starts], feats)
+    sched_days = [d + dt.timedelta(days=1) for d in sched_starts]
+    scheduled = predict_with(sched_models, sched_days, feats)
     judged = pd.DataFrame({"time": feats["__time"], "label": feats["__label"]})
-    threshold = params.evaluation.threshold
+    default = params.evaluation.threshold
+    static_cut = thresholds_with([loop_models[str(static_version)]], [first], feats, default)
     return {
-        "static": {**strategy_metrics(judged, static, threshold), "retrains": 0},
+        "static": {**strategy_metrics(judged, static, static_cut), "retrains": 0},
         "scheduled": {
-            **strategy_metrics(judged, scheduled, threshold),
+            **strategy_metrics(
+                judged, scheduled, thresholds_with(sched_models, sched_days, feats, default)
+            ),
             "retrains": len(sched_models) - 1,
         },
         "drift_triggered": {
-            **strategy_metrics(judged, loop, threshold),
+            **strategy_metrics(judged, loop, thresholds_with(live, loop_starts, feats, default)),
             "retrains": sum(s.retrained for s in steps),
             "promotions": sum(s.promoted for s in steps),
         },

@@ -34,7 +34,7 @@ def _describe(client: Any, ref: registry.ModelRef | None, metric: str) -> dict[s
 
 
 def status(params: Params, settings: Settings) -> dict[str, Any]:
-    """Champion, challenger and the last decision from the audit log.
+    """Champion, challenger and the last decision from the decision ledger.
 
     A read: it never creates the store and skips the writers' set-up (`registry.connect`).
     On the embedded SQLite store the answer is kept in a snapshot that is valid while the store's
@@ -47,12 +47,16 @@ def status(params: Params, settings: Settings) -> dict[str, Any]:
         roles = _read_roles(params, settings)
         if stamp is not None:
             jsonio.write_json(_snapshot_path(settings, name), {"stamp": stamp, "roles": roles})
-    audit = [e for e in registry.read_audit(settings) if e.get("model") == name]
+    from driftloop.ledger import open_store, store_exists
+
+    last = (
+        open_store(settings.state_dir).events(name)[-1:] if store_exists(settings.state_dir) else []
+    )
     return {
         "model": name,
         "tracking_uri": settings.mlflow_uri,
         **roles,
-        "last_decision": audit[-1] if audit else None,
+        "last_decision": last[0].to_dict() if last else None,
     }
 
 
@@ -133,7 +137,7 @@ def lineage(params: Params, settings: Settings, version: str | None) -> dict[str
         {"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source}
         for d in (run.inputs.dataset_inputs if run.inputs else [])
     ]
-    validation = _artifact_json(ref.run_id, "validation.json")
+    validation = artifact_json(ref.run_id, "validation.json")
     lineage, verdict = ref.lineage, ref.verdict
     return {
         "model": name,
@@ -165,7 +169,7 @@ def lineage(params: Params, settings: Settings, version: str | None) -> dict[str
     }
 
 
-def _artifact_json(run_id: str, path: str) -> dict[str, Any] | None:
+def artifact_json(run_id: str, path: str) -> dict[str, Any] | None:
     """A JSON artifact of a run, read through a temporary folder (None when it is missing)."""
     import mlflow.artifacts
 

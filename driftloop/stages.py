@@ -7,6 +7,7 @@ very same sequence with each stage wrapped as a task (`tasks.training.STEPS`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -17,13 +18,14 @@ from typing import Any
 import pandas as pd
 
 from driftloop import datastore, jsonio, labels, versioning
-from driftloop.config import Params, Settings
-from driftloop.errors import RegistryError, TrainingError
+from driftloop.config import Candidate, Params, Settings
+from driftloop.errors import TrainingError
 from driftloop.features import Dataset, make_dataset, split_by_time
+from driftloop.ledger import Promotion
 from driftloop.lineage import Lineage, Verdict
 from driftloop.promotion import Decision, decide_promotion
 from driftloop.registry import ModelRef
-from driftloop.training import Evaluation, TrainedModel, evaluate, fit_candidate
+from driftloop.training import Evaluation, Selection, TrainedModel, evaluate, fit_candidate
 
 # -- the data a model is trained on --------------------------------------------------------------
 
@@ -55,11 +57,12 @@ class Split:
 
 @dataclass(frozen=True)
 class Fitted:
-    """A fitted pipeline and its cross-validation metrics."""
+    """A fitted model, its cross-validation metrics and what model selection chose."""
 
     estimator: Any
     cv: dict[str, float]
     n_train: int
+    selection: Selection | None = None
 
 
 def end_of(day: str | dt.date | None) -> pd.Timestamp | None:
@@ -105,9 +108,16 @@ def build_features(params: Params, data: TrainingData) -> Split:
 
 
 def train(params: Params, split: Split, *, cv: bool = True) -> Fitted:
-    """Time-series CV (folds cut on timestamps) and the fit on the whole training part."""
-    estimator, cv_metrics = fit_candidate(params.train, params.features, split.fit, cv=cv)
-    return Fitted(estimator, cv_metrics, len(split.fit))
+    """Model selection by time-series CV (folds cut on timestamps), calibration and decision
+    threshold, and the chosen candidate's fit on the whole training part."""
+    model, selection = fit_candidate(
+        params.train,
+        params.features,
+        split.fit,
+        cv=cv,
+        fixed_threshold=params.evaluation.threshold,
+    )
+    return Fitted(model, selection.metrics(), len(split.fit), selection)
 
 
 def evaluate_fitted(params: Params, fitted: Fitted, split: Split) -> TrainedModel:
@@ -122,6 +132,7 @@ def evaluate_fitted(params: Params, fitted: Fitted, split: Split) -> TrainedMode
         fitted.n_train,
         list(split.fit.X.columns),
         split.fit.X.tail(5).reset_index(drop=True),
+        fitted.selection,
     )
 
 
@@ -169,11 +180,17 @@ def register(
     data: TrainingData,
     trigger: str,
     validation: dict[str, Any] | None = None,
+    refit_of: ModelRef | None = None,
 ) -> ModelRef:
-    """Log the run to MLflow (lineage included) and register it as the new `challenger`."""
+    """Log the run to MLflow (lineage included) and register it as the new `challenger`.
+
+    `refit_of`: this model is that gated version refitted on its whole window; the run records
+    it, and its holdout metrics are the gated version's (this model has seen those rows).
+    """
     from driftloop import registry
 
     client = registry.connect(settings)
+    passed = validation is None or validation.get("success")
     lineage = Lineage(
         data_md5=data.data_md5,
         labels_md5=data.labels_md5,
@@ -181,21 +198,26 @@ def register(
         params_file=_relative(settings.params, settings.project),
         trigger=trigger,
         triggered_by=settings.triggered_by,
-        validation="passed" if validation is None or validation.get("success") else "failed",
+        validation=refit_of.lineage.validation if refit_of else "passed" if passed else "failed",
         model_params=model_params(params),
         train_params=params.train.model_dump_json(),
         train_since=data.since.isoformat() if data.since is not None else "all",
         train_until=data.until.isoformat(),
         labels_as_of=data.labels_as_of.isoformat() if data.labels_as_of is not None else "",
+        refit_of=refit_of.version if refit_of else "",
     )
     run_tags = {k: v for k, v in lineage.to_tags().items() if k != Lineage.tag("model_params")}
     record = registry.RunRecord(
         params={
-            **{f"train.{k}": v for k, v in params.train.model_dump().items() if k != "hyperparams"},
-            **{f"hp.{k}": v for k, v in params.train.hyperparams.items()},
+            **run_params(params, trained),
             "features": params.features.model_dump_json(),
             "train_since": lineage.train_since,
             "rows": len(data.frame),
+            **(
+                {"refit_of": refit_of.version, "holdout_metrics_of": refit_of.version}
+                if refit_of
+                else {}
+            ),
         },
         metrics=flat_metrics(trained),
         tags=run_tags,
@@ -214,13 +236,35 @@ def register(
     run_id, model_uri = registry.log_training_run(
         settings,
         params.train.experiment,
-        f"train-{trigger}"[:250],
+        f"train-{trigger}{f'-refit-v{refit_of.version}' if refit_of else ''}"[:250],
         trained.estimator,
         trained.example,
         record,
     )
     tags = Lineage(**{**lineage.__dict__, "run_id": run_id}).to_tags()
     return registry.register(client, params.train.model_name, run_id, model_uri, tags)
+
+
+def run_params(params: Params, trained: TrainedModel) -> dict[str, Any]:
+    """The training params as run params, with the chosen candidate's hyperparameters (`hp.*`)
+    and what model selection chose."""
+    train = params.train
+    chosen = trained.selection.chosen if trained.selection else next(iter(train.family()))
+    family = train.family()
+    out: dict[str, Any] = {
+        f"train.{k}": v
+        for k, v in train.model_dump(mode="json").items()
+        if k not in ("hyperparams", "candidates")
+    }
+    out["train.candidates"] = json.dumps(
+        {n: c.model_dump(mode="json") for n, c in family.items()}, sort_keys=True
+    )
+    picked = family.get(chosen, Candidate(model=train.model, hyperparams=train.hyperparams))
+    out["train.model"] = picked.model
+    out.update({f"hp.{k}": v for k, v in picked.hyperparams.items()})
+    if trained.selection is not None:
+        out.update(trained.selection.params())
+    return out
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -267,6 +311,7 @@ class PromotionResult:
     champion_eval: Evaluation | None
     applied: bool = False
     experiment: str | None = None  # promote.via experiment: the online test it is now in
+    refit: str | None = None  # the version refitted on the whole window that became champion
 
 
 def evaluate_on_holdout(
@@ -310,66 +355,131 @@ def _decide(
     return decide_promotion(cand_eval, champ_eval, params.promote)
 
 
-def promote_lock(settings: Settings, name: str) -> Any:
-    """The one lock under which any move of a model's `champion` alias is decided and applied."""
-    return versioning.project_lock(settings.lock_dir, f"promote-{name}")
-
-
-def set_champion_if_unchanged(
-    client: Any, name: str, version: str, basis: str | None
-) -> str | None:
-    """Compare-and-set: move `champion` to `version` only if it still is `basis` (the version the
-    decision was based on). Call under `promote_lock`. Returns None when applied, else why not.
-    """
-    from driftloop import registry
-
-    now = registry.get_alias(client, name, registry.CHAMPION)
-    if (now.version if now else None) != basis:
-        return (
-            f"champion moved to v{now.version if now else None} "
-            f"during the decision (based on v{basis}); not applied"
-        )
-    registry.set_alias(client, name, registry.CHAMPION, version)
-    return None
-
-
 def promote(
     params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, trigger: str
 ) -> PromotionResult:
-    """Decide and apply promotion as a compare-and-set against the champion it was based on."""
+    """Decide and apply promotion as a compare-and-set against the champion it was based on.
+
+    The champion is the decision ledger's (`driftloop.champion`): the move is applied only if
+    the champion is still the one the decision was based on, on this machine or any other.
+    """
+    from driftloop import champion as champions
     from driftloop import registry
 
     client = registry.connect(settings)
     name = params.train.model_name
-    with promote_lock(settings, name):
-        champion = registry.get_alias(client, name, registry.CHAMPION)
-        after = comparable_after(champion, candidate)
-        basis = champion.version if champion else None
-        cand_eval = evaluate_on_holdout(params, candidate, data.frame, after)
-        champ_eval = None
-        if champion is not None and champion.version != candidate.version:
-            champ_eval = evaluate_on_holdout(params, champion, data.frame, after)
-        decision = _decide(params, champion, candidate, cand_eval, champ_eval)
-        staged = decision.promote and champion is not None and params.promote.via == "experiment"
-        if not staged:
-            applied = False
-            if decision.promote:
-                refused = set_champion_if_unchanged(client, name, candidate.version, basis)
-                if refused is not None:
-                    decision = Decision(False, refused)
-                applied = refused is None
-            result = PromotionResult(
-                candidate.version, basis, decision, cand_eval, champ_eval, applied
-            )
-            _record_decision(params, settings, client, candidate, result, trigger, data)
-            return result
-    # Outside the promotion lock: an experiment's verdict takes its own lock, then this one.
-    decision, experiment = stage_challenger(params, settings, candidate, data, decision)
+    basis = champions.current(settings, client, name)
+    champion = registry.get_version(client, name, basis) if basis is not None else None
+    after = comparable_after(champion, candidate)
+    cand_eval = evaluate_on_holdout(params, candidate, data.frame, after)
+    champ_eval = None
+    if champion is not None and champion.version != candidate.version:
+        champ_eval = evaluate_on_holdout(params, champion, data.frame, after)
+    decision = _decide(params, champion, candidate, cand_eval, champ_eval)
+    experiment = refit = None
+    applied = False
+    if decision.promote and champion is not None and params.promote.via == "experiment":
+        decision, experiment = stage_challenger(params, settings, candidate, data, decision)
+    elif decision.promote:
+        winner = candidate
+        if params.train.refit:
+            winner = refit_winner(params, settings, candidate, data, trigger)
+            refit = winner.version if winner.version != candidate.version else None
+        event = _promotion_event(params, settings, candidate, trigger, data, basis, decision)
+        event = dataclasses.replace(
+            _with(event, cand_eval, champ_eval),
+            version=winner.version,
+            refit_of=refit and candidate.version,
+        )
+        refused = champions.move(settings, client, event, basis)
+        applied = refused is None
+        if refused is not None:
+            decision = Decision(False, refused)
     result = PromotionResult(
-        candidate.version, basis, decision, cand_eval, champ_eval, False, experiment
+        candidate.version, basis, decision, cand_eval, champ_eval, applied, experiment, refit
     )
     _record_decision(params, settings, client, candidate, result, trigger, data)
     return result
+
+
+def _promotion_event(
+    params: Params,
+    settings: Settings,
+    candidate: ModelRef,
+    trigger: str,
+    data: TrainingData,
+    basis: str | None,
+    decision: Decision,
+    verdict: str = "promoted",
+    experiment: str | None = None,
+) -> Promotion:
+    return Promotion(
+        candidate.name,
+        version=candidate.version,
+        decision=verdict,
+        reason=decision.reason,
+        trigger=trigger,
+        triggered_by=settings.triggered_by,
+        champion_before=basis,
+        data_md5=data.data_md5,
+        labels_md5=data.labels_md5,
+        metric=params.promote.primary_metric,
+        experiment=experiment,
+    )
+
+
+def _with(event: Promotion, cand: Evaluation, champ: Evaluation | None) -> Promotion:
+    """The event with both sides' holdout metrics (finite values only: the ledger is JSON)."""
+    return dataclasses.replace(
+        event,
+        candidate_metrics=jsonio.to_jsonable(cand.metrics),
+        champion_metrics=jsonio.to_jsonable(champ.metrics) if champ is not None else None,
+    )
+
+
+def refit_on_window(model: Any, whole: Dataset) -> Any:
+    """The model's candidate, calibration and threshold, its pipeline fitted on every labelled
+    row of the window (a model without `refitted` is returned as it is)."""
+    return model.refitted(whole.X, whole.y) if hasattr(model, "refitted") else model
+
+
+def refit_winner(
+    params: Params, settings: Settings, candidate: ModelRef, data: TrainingData, trigger: str
+) -> ModelRef:
+    """The gate's winner fitted anew on its whole window, holdout included (same candidate,
+    calibration and threshold), registered as a new version that names the gated one.
+
+    The gate compared the gated version on the holdout; the refit adds the most recent rows,
+    which a model serving tomorrow needs most. A model without `refitted` (trained by an
+    earlier driftloop) is returned as it is.
+    """
+    from driftloop import registry, report
+
+    gated = registry.load_model(candidate)
+    if not hasattr(gated, "refitted"):
+        return candidate
+    own = params_of(params, candidate)
+    split = build_features(own, data)
+    whole = make_dataset(data.frame, own)
+    model = refit_on_window(gated, whole)
+    holdout = evaluate(gated, split.holdout, params.evaluation.threshold)
+    client = registry.connect(settings)
+    cv = {
+        k: v
+        for k, v in registry.run_metrics(client, candidate.run_id).items()
+        if k.startswith(("cv_", "candidate.", "calibration.")) or k in ("threshold", "n_cv_rows")
+    }
+    trained = TrainedModel(
+        model,
+        cv,
+        holdout,
+        len(whole),
+        list(whole.X.columns),
+        whole.X.tail(5).reset_index(drop=True),
+        gated.selection(params.train.threshold_for),
+    )
+    validation = report.artifact_json(candidate.run_id, "validation.json")  # the same data's
+    return register(params, settings, trained, data, trigger, validation, refit_of=candidate)
 
 
 def stage_challenger(
@@ -403,45 +513,57 @@ def _record_decision(
     trigger: str,
     data: TrainingData,
 ) -> None:
-    """Tags on the version, one line in the audit log, and the DVC stage's report."""
+    """Tags on the version, the decision in the ledger, and the DVC stage's report."""
+    from driftloop import champion as champions
     from driftloop import registry
 
     verdict = "promoted" if result.applied else "challenger" if result.experiment else "rejected"
+    reason = result.decision.reason
+    if result.refit is not None:
+        reason = f"{reason}; refitted on the whole window (holdout included) as v{result.refit}"
     registry.tag_version(
         client,
         candidate.name,
         candidate.version,
         {
             Verdict.tag("decision"): verdict,
-            Verdict.tag("reason"): result.decision.reason,
+            Verdict.tag("reason"): reason,
             Verdict.tag("champion_before"): str(result.champion_before),
         },
     )
-    registry.append_audit(
-        settings,
-        {
-            "event": "promotion",
-            "model": candidate.name,
-            "version": candidate.version,
-            "decision": verdict,
-            "reason": result.decision.reason,
-            "trigger": trigger,
-            "triggered_by": settings.triggered_by,
-            "data_md5": data.data_md5,
-            "labels_md5": data.labels_md5,
-            "champion_before": result.champion_before,
-            "metric": params.promote.primary_metric,
-            "candidate_metrics": result.candidate_eval.metrics,
-            "champion_metrics": result.champion_eval.metrics if result.champion_eval else None,
-        },
-    )
+    if result.refit is not None:
+        registry.tag_version(
+            client,
+            candidate.name,
+            result.refit,
+            {
+                Verdict.tag("decision"): verdict,
+                Verdict.tag("reason"): f"refit of v{candidate.version}, which passed the gate: "
+                + result.decision.reason,
+                Verdict.tag("champion_before"): str(result.champion_before),
+            },
+        )
+    if not result.applied:  # an applied promotion was recorded with the champion's move
+        event = _promotion_event(
+            params,
+            settings,
+            candidate,
+            trigger,
+            data,
+            result.champion_before,
+            result.decision,
+            verdict,
+            result.experiment,
+        )
+        champions.record(settings, _with(event, result.candidate_eval, result.champion_eval))
     jsonio.write_json(
         settings.path(params.reports.promotion),
         {
             "model": candidate.name,
             "candidate": candidate.version,
+            "refit": result.refit,
             "decision": verdict,
-            "reason": result.decision.reason,
+            "reason": reason,
             "champion_before": result.champion_before,
         },
     )
@@ -450,50 +572,10 @@ def _record_decision(
 def rollback(
     params: Params, settings: Settings, reason: str, to_version: str | None = None
 ) -> tuple[str | None, str]:
-    """Move `champion` back to a previous version (default: the one before it); record why."""
-    from driftloop import registry
+    """Move `champion` back to a previous version (default: the one before it); recorded."""
+    from driftloop import champion
 
-    client = registry.connect(settings)
-    name = params.train.model_name
-    with promote_lock(settings, name):
-        current = registry.get_alias(client, name, registry.CHAMPION)
-        target = to_version or previous_champion(
-            settings, name, current.version if current else None
-        )
-        if target is None:
-            raise RegistryError(f"{name}: no previous champion to roll back to; pass --to VERSION")
-        ref = registry.get_version(client, name, target)
-        registry.set_alias(client, name, registry.CHAMPION, ref.version)
-        registry.tag_version(client, name, ref.version, {Verdict.tag("rollback_reason"): reason})
-        registry.append_audit(
-            settings,
-            {
-                "event": "rollback",
-                "model": name,
-                "version": ref.version,
-                "decision": "rollback",
-                "reason": reason,
-                "triggered_by": settings.triggered_by,
-                "champion_before": current.version if current else None,
-                "data_md5": ref.lineage.data_md5,
-            },
-        )
-    return (current.version if current else None), ref.version
-
-
-def previous_champion(settings: Settings, name: str, current: str | None) -> str | None:
-    """The champion before the current one, from the audit log."""
-    from driftloop import registry
-
-    history = [
-        e["version"]
-        for e in registry.read_audit(settings)
-        if e.get("model") == name and (e.get("decision") in {"promoted", "rollback"})
-    ]
-    for version in reversed(history):
-        if version != current:
-            return str(version)
-    return None
+    return champion.rollback(settings, params.train.model_name, reason, to_version)
 
 
 def write_train_report(
@@ -542,8 +624,11 @@ class TrainOutcome:
 
     @property
     def message(self) -> str:
+        refit = self.extra.get("refit")
         verdict = (
-            "promoted to champion"
+            f"promoted to champion, refitted on the whole window as v{refit}"
+            if self.promoted and refit
+            else "promoted to champion"
             if self.promoted
             else "challenger, tested online"
             if self.extra.get("experiment")
@@ -602,5 +687,6 @@ def train_and_promote(
         outcome.holdout,
         result.applied,
         result.decision.reason,
-        {"experiment": result.experiment} if result.experiment else {},
+        ({"experiment": result.experiment} if result.experiment else {})
+        | ({"refit": result.refit} if result.refit else {}),
     )

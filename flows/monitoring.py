@@ -56,8 +56,9 @@ def monitor_flow(
     if version:
         m.version_outputs(params, settings)
     summary = result.to_dict()
+    m.publish_decision(params, result)
     if result.decision.action == "cannot_evaluate":
-        m.alert(result)
+        m.alert(result, params.train.model_name)
     elif result.decision.action == "retrain" and retrain != "off":
         if blocked := experiments.retrain_blocked(params, settings):
             summary["retrain"] = blocked

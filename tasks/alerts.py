@@ -47,6 +47,26 @@ def emit(event: str, model: str, payload: dict[str, Any]) -> None:
     )
 
 
+def publish(event: str, model: str, payload: dict[str, Any]) -> bool:
+    """Emit the event where someone can hear it: inside a flow run, or with a Prefect API set
+    (the service, the CLI on a stack). Without either there is no one to tell; False."""
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.context import FlowRunContext
+
+        if FlowRunContext.get() is None:
+            return False
+    try:
+        emit(event, model, payload)
+    except Exception as exc:  # an alert must never break the loop that raises it
+        import logging
+
+        logging.getLogger("driftloop").warning("alert %s not sent: %s", event, exc)
+        return False
+    return True
+
+
 def add_webhook(url: str, name: str = AUTOMATION) -> dict[str, str]:
     """A webhook notification block and an automation sending every `driftloop.*` event to it
     (replacing one of the same name)."""

@@ -15,6 +15,7 @@ from prefect.cache_policies import NONE
 from driftloop import experiments
 from driftloop.config import Params, Settings
 from driftloop.experiments import ExperimentState, ExperimentVerdict
+from tasks import alerts
 from tasks.common import REGISTRY_RETRIES
 
 
@@ -84,8 +85,18 @@ def apply(
     verdict: ExperimentVerdict,
     now: dt.datetime | None = None,
 ) -> ExperimentState | None:
-    """Promote through the training gate's compare-and-set, or end the experiment with why."""
-    return experiments.apply_verdict(settings, state, verdict, now)
+    """Promote through the ledger's compare-and-set, or end the experiment with why."""
+    done = experiments.apply_verdict(settings, state, verdict, now)
+    if done is not None:
+        payload = {
+            "version": state.challenger_version,
+            "decision": "promoted" if done.outcome == "promoted" else "not promoted",
+            "reason": done.reason,
+            "champion_before": state.champion_version,
+            "trigger": f"experiment {state.kind}",
+        }
+        alerts.publish("driftloop.promotion", state.model_name, payload)
+    return done
 
 
 @task(name="publish-experiment", cache_policy=NONE)

@@ -11,7 +11,6 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.client.schemas.objects import FlowRun
-from prefect.events import emit_event
 
 from driftloop import monitoring
 from driftloop.config import Params, Settings
@@ -24,6 +23,7 @@ from driftloop.monitoring import (
     Reference,
     Window,
 )
+from tasks import alerts
 from tasks.common import REGISTRY_RETRIES, table
 
 
@@ -191,6 +191,7 @@ def claim_retrain(params: Params, settings: Settings, result: MonitorResult) -> 
         result.decision.reason,
         params.monitor.cooldown_days,
         params.train.model_name,
+        result.champion,
     )
 
 
@@ -207,7 +208,7 @@ def start_retrain(deployment: str, parameters: dict[str, Any], wait: bool) -> st
 
 
 @task(name="alert", cache_policy=NONE)
-def alert(result: MonitorResult) -> None:
+def alert(result: MonitorResult, model: str) -> None:
     """Cannot evaluate: never a silent 'no drift'. Logged, published, and emitted as an event."""
     get_run_logger().warning("monitoring cannot evaluate: %s", result.decision.reason)
     create_markdown_artifact(
@@ -215,8 +216,28 @@ def alert(result: MonitorResult) -> None:
         markdown=f"### ALERT: cannot evaluate\n\n{result.decision.reason}",
         description="Monitoring could not judge drift",
     )
-    emit_event(
-        event="driftloop.monitor.cannot-evaluate",
-        resource={"prefect.resource.id": "driftloop.monitor"},
-        payload={"reason": result.decision.reason, "as_of": result.as_of},
+    alerts.publish(
+        "driftloop.monitor.cannot-evaluate",
+        model,
+        {"reason": result.decision.reason, "as_of": result.as_of},
     )
+
+
+@task(name="publish-decision", cache_policy=NONE)
+def publish_decision(params: Params, result: MonitorResult) -> list[str]:
+    """Drift found and a retrain decided reach whoever listens (Prefect events, automations)."""
+    name, sent = params.train.model_name, []
+    drift = result.drift
+    if drift is not None and drift.drifted_columns:
+        payload = {
+            "as_of": result.as_of,
+            "columns": drift.drifted_columns,
+            "champion": result.champion,
+        }
+        if alerts.publish("driftloop.drift.detected", name, payload):
+            sent.append("driftloop.drift.detected")
+    if result.decision.action == "retrain":
+        payload = {"as_of": result.as_of, "reason": result.decision.reason}
+        if alerts.publish("driftloop.retrain.decided", name, payload):
+            sent.append("driftloop.retrain.decided")
+    return sent

@@ -15,6 +15,7 @@ from driftloop.config import Params, Settings, SourceSpec
 from driftloop.registry import ModelRef
 from driftloop.stages import Fitted, PromotionResult, Split, TrainingData
 from driftloop.training import TrainedModel
+from tasks import alerts
 from tasks.common import REGISTRY_RETRIES, table
 
 
@@ -117,6 +118,17 @@ def promote(
 ) -> PromotionResult:
     """The promotion gate (compare-and-set); a markdown artifact with the decision."""
     result = stages.promote(params, settings, candidate, data, trigger)
+    alerts.publish(
+        "driftloop.promotion",
+        candidate.name,
+        {
+            "version": candidate.version,
+            "decision": "promoted" if result.applied else "not promoted",
+            "reason": result.decision.reason,
+            "champion_before": result.champion_before,
+            "trigger": trigger,
+        },
+    )
     verdict = "PROMOTED to champion" if result.applied else "not promoted"
     metric = params.promote.primary_metric
     champ = result.champion_eval.metrics.get(metric) if result.champion_eval else None

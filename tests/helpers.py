@@ -144,8 +144,12 @@ class Project:
         return run(["git", *args], self.root).stdout.strip()
 
     def audit(self) -> list[dict[str, Any]]:
-        log = self.settings.audit_log
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        """Every event of the decision ledger, oldest first (kind, model, fields, hash)."""
+        from driftloop.ledger import open_store, store_exists
+
+        if not store_exists(self.settings.state_dir):
+            return []
+        return [r.to_dict() for r in open_store(self.settings.state_dir).events()]
 
     def mlflow_client(self) -> Any:
         from mlflow import MlflowClient
@@ -179,8 +183,14 @@ def dvc_deps_in_repo() -> list[str]:
 def write_fast_params(file: Path) -> None:
     """Fewer boosting iterations and CV folds: same code paths, a fraction of the time."""
     raw = yaml.safe_load(file.read_text())
-    raw["train"]["hyperparams"]["max_iter"] = FAST_TRAIN["max_iter"]
+    raw["train"].setdefault("hyperparams", {})["max_iter"] = FAST_TRAIN["max_iter"]
+    for candidate in (raw["train"].get("candidates") or {}).values():
+        if candidate["model"] == "hist_gradient_boosting":
+            candidate.setdefault("hyperparams", {})["max_iter"] = FAST_TRAIN["max_iter"]
     raw["train"]["cv_splits"] = FAST_TRAIN["cv_splits"]
+    # One registered version per training: the refit of a gate winner as a version of its own
+    # is checked where it is the subject (pipeline and replay tests turn it on).
+    raw["train"]["refit"] = False
     file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
@@ -190,6 +200,9 @@ def write_eager_flights_params(root: Path, name: str, end: str) -> Path:
     """
     raw = yaml.safe_load((REPO_ROOT / "examples" / "flights" / "params.yaml").read_text())
     raw["train"].update(cv_splits=2, hyperparams={"max_iter": 30, "max_depth": 3})
+    for candidate in (raw["train"].get("candidates") or {}).values():
+        if candidate["model"] == "hist_gradient_boosting":
+            candidate["hyperparams"] = {**candidate.get("hyperparams", {}), "max_iter": 30}
     raw["monitor"].update(threshold=0.001, per_feature={}, drift_share=0.1, cooldown_days=0)
     raw["replay"]["end"] = end
     path = root / "models" / f"{name}.yaml"

@@ -310,12 +310,26 @@ def _guardrail(service: Service, ok: bool, latency_ms: float, variant: str = CHA
     if reason:
         log.warning("experiment ended by a guardrail: %s", reason)
         service.holder.end_experiment()
+        _alert_guardrail(name, variant, reason)
+
+
+def _alert_guardrail(model: str, variant: str, reason: str) -> None:
+    """Tell Prefect (and so the alert webhook) when one is configured; never on the hot path's
+    import: prefect is loaded only then."""
+    import os
+
+    if os.environ.get("PREFECT_API_URL"):
+        from tasks import alerts
+
+        alerts.publish(
+            "driftloop.experiment.guardrail", model, {"variant": variant, "reason": reason}
+        )
 
 
 def _answer(
     service: Service, batch: Batch, model: Loaded, variant: str, idx: list[int], proba: np.ndarray
 ) -> None:
-    labels = (proba >= service.params.evaluation.threshold).astype(int)
+    labels = (proba >= model.threshold(service.params.evaluation.threshold)).astype(int)
     version = model.version
     ids = [batch.ids[i] for i in idx]
     rows = [batch.rows[i] for i in idx]

@@ -59,7 +59,7 @@ def score_file(
         seed = datastore.load_accepted(settings.path(params.data.raw_dir), loaded.params)
         history = History(loaded.params, seed)
     proba = score(loaded, rows, history)
-    labels = (proba >= params.evaluation.threshold).astype(int)
+    labels = (proba >= loaded.threshold(params.evaluation.threshold)).astype(int)
     ids = [uuid.uuid4().hex for _ in range(len(rows))]
     _log(params, settings, ids, loaded.version, proba, labels, rows)
     out = raw.frame.assign(

@@ -25,7 +25,7 @@ from driftloop.errors import RegistryError
 from driftloop.features import feature_frame, sort_rows
 from driftloop.registry import CHALLENGER, CHAMPION, ModelRef
 from driftloop.serving.schema import needs_history, rows_adapter
-from driftloop.training import predict_proba
+from driftloop.training import predict_proba, threshold_of
 
 log = logging.getLogger("driftloop.serving")
 
@@ -43,6 +43,11 @@ class Loaded:
     @property
     def version(self) -> str:
         return self.ref.version
+
+    def threshold(self, default: float) -> float:
+        """The decision threshold its answers use: the model's own (chosen on its CV folds),
+        else `default` (evaluation.threshold) for a model that carries none."""
+        return threshold_of(self.model, default)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import numpy as np
 
 from driftloop.serving import predlog
 from driftloop.serving.models import Loaded
+from driftloop.training import threshold_of
 
 log = logging.getLogger("driftloop.serving")
 
@@ -359,7 +360,8 @@ def _serve(
         _, version, parts, rows = message
         done = _score_parts(models.get(version), version, parts, rows)
         if log is not None and spec is not None and done[3] is None:
-            _log(log, spec, version, parts, rows, done[1])
+            threshold = threshold_of(models[version][0], spec.threshold)
+            _log(log, spec, version, parts, rows, done[1], threshold)
         outbox.send(done)
 
 
@@ -370,11 +372,13 @@ def _log(
     parts: list[Part],
     rows: list[dict[str, Any]],
     results: list[tuple[int, np.ndarray | None]],
+    threshold: float,
 ) -> None:
+    """Log the shadow model's answers, labels at its own decision threshold."""
     offset = 0
     for (_, n, ids, keys, at), (_, proba) in zip(parts, results, strict=True):
         assert proba is not None
-        labels = (proba >= spec.threshold).astype(int)
+        labels = (proba >= threshold).astype(int)
         mine = rows[offset : offset + n]
         log.append(predlog.records(ids, at, version, "shadow", proba, labels, mine, keys))
         offset += n

@@ -35,7 +35,7 @@ def with_champion(project: Project, until: str = AS_OF) -> Project:
 
 
 def retrain_claims(project: Project) -> list[dict[str, Any]]:
-    return [e for e in project.audit() if e.get("event") == "retrain"]
+    return [e for e in project.audit() if e.get("kind") == "retrain_claim"]
 
 
 def promotions(project: Project) -> list[dict[str, Any]]:

@@ -75,6 +75,26 @@ def test_alerts_add_webhook_sends_each_loop_event(
         assert f"test {event}" in body["body"]
 
 
+def test_the_loop_itself_raises_its_alerts(
+    project: Project, prefect_harness: None, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not emitted by hand: a real training flow's promotion and a real rollback reach the
+    webhook through the automation."""
+    from prefect.settings import get_current_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", str(get_current_settings().api.url))
+    assert cli("alerts", "add", "webhook", receiver.url).exit_code == 0
+    time.sleep(2)
+    first = cli("run", "--until", "2013-06-30", "--json")
+    assert first.exit_code == 0, first.stderr
+    body = receiver.wait_for("driftloop.promotion")
+    assert body is not None, receiver.bodies
+    assert "rain_tomorrow" in body["subject"] and "promoted" in body["body"]
+    refused = cli("rollback", "--reason", "nothing to go back to")
+    assert refused.exit_code == 6  # no previous champion: nothing moved, nothing announced
+    assert receiver.wait_for("driftloop.rollback", timeout=5) is None
+
+
 def test_alerts_need_a_server_and_a_url(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     no_server = cli("alerts", "add", "webhook", "http://127.0.0.1:9/hook")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.fresh_mlflow
 def test_two_concurrent_trainings_promote_exactly_one(project: Project) -> None:
     assert cli("ingest", "--until", "2013-06-30").exit_code == 0
-    assert not project.settings.audit_log.exists()
+    assert project.audit() == []
 
     procs = [
         subprocess.Popen(
@@ -43,7 +43,7 @@ def test_two_concurrent_trainings_promote_exactly_one(project: Project) -> None:
     assert loser["promoted"] is False
     assert project.champion() == winners[0]["version"]
 
-    promotions = [e for e in project.audit() if e["event"] == "promotion"]
+    promotions = [e for e in project.audit() if e["kind"] == "promotion"]
     assert len(promotions) == 2
     assert [e["decision"] for e in promotions].count("promoted") == 1
     promoted = next(e for e in promotions if e["decision"] == "promoted")

@@ -32,6 +32,10 @@ STRATEGIES = {"static", "scheduled", "drift_triggered"}
 def replayed(prefect_harness: None, module_project: Project) -> dict[str, Any]:
     from flows.replay import replay_flow
 
+    module_project.edit_params(train={"refit": True})
+    module_project.git(
+        "commit", "-qam", "params: refit gate winners, as shipped"
+    )  # as shipped: gate winners are refitted
     return replay_flow(steps=STEPS, name="test")
 
 
@@ -88,17 +92,18 @@ def oracle(judged: Judged, live: list[tuple[str, str]]) -> dict[str, float]:
     mlflow.set_registry_uri(judged.tracking_uri)
     rows = judged.rows
     inputs = rows.drop(columns=["date", "label"])
-    proba = np.full(len(rows), np.nan)
+    proba, cut = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
     for i, (since, version) in enumerate(live):
         until = live[i + 1][0] if i + 1 < len(live) else "9999-12-31"
         mask = ((rows["date"] >= since) & (rows["date"] < until)).to_numpy()
         model = mlflow.sklearn.load_model(f"models:/{judged.model_name}/{version}")
         proba[mask] = model.predict_proba(inputs[mask])[:, 1]
+        cut[mask] = model.threshold  # each model's own decision threshold
     assert not np.isnan(proba).any()
     y = rows["label"].astype(int).to_numpy()
     return {
         "n_predictions": len(rows),
-        "accuracy": float(accuracy_score(y, proba >= 0.5)),
+        "accuracy": float(accuracy_score(y, proba >= cut)),
         "roc_auc": float(roc_auc_score(y, proba)),
     }
 
@@ -123,15 +128,16 @@ def test_static_strategy_matches_the_first_champion_scored_independently(
 ) -> None:
     # May 1-27 2012: May 28 has no label yet (May 29 was not replayed)
     assert len(judged.rows) == 27
-    expected = oracle(judged, [("2012-05-01", "1")])
+    expected = oracle(judged, [("2012-05-01", "2")])  # v1 passed the gate, its refit v2 serves
     assert figures(report["comparison"]["static"]) == pytest.approx(expected)
 
 
 def test_scheduled_strategy_without_a_retrain_is_the_first_model(
     report: dict[str, Any], judged: Judged
 ) -> None:
-    """Its only model is fitted on the first model's data with the same seed: the same model."""
-    expected = oracle(judged, [("2012-05-01", "1")])
+    """Its only model is fitted (and refitted) on the first model's data with the same seed: the
+    same model as the first champion."""
+    expected = oracle(judged, [("2012-05-01", "2")])
     assert figures(report["comparison"]["scheduled"]) == pytest.approx(expected)
 
 
@@ -156,7 +162,7 @@ def test_timeline_has_one_entry_per_step(module_project: Project, report: dict[s
     assert [s["as_of"] for s in steps] == expected
     assert steps[0]["batch_start"] == "2012-05-01"
     assert all(s["action"] in {"retrain", "no_action", "cannot_evaluate"} for s in steps)
-    assert steps[0]["champion"] == "1"
+    assert steps[0]["champion"] == "2"  # the refit of v1
     assert report["meta"]["steps"] == STEPS
 
 

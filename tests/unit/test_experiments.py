@@ -18,6 +18,7 @@ from statsmodels.stats.proportion import proportion_effectsize, proportions_ztes
 
 from driftloop import experiments as x
 from driftloop.config import ExperimentParams, PromoteParams, Settings
+from driftloop.ledger import ExperimentEnd, open_store
 from tests.helpers import Project, cli
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -186,7 +187,6 @@ def test_guardrail_breach(errors: int, latency: float, requests: int, expected: 
 
 
 def test_a_guardrail_trip_ends_the_experiment_at_once(tmp_path: Path) -> None:
-    from driftloop import registry
 
     settings = settings_at(tmp_path)
     s = state("canary")
@@ -204,8 +204,9 @@ def test_a_guardrail_trip_ends_the_experiment_at_once(tmp_path: Path) -> None:
     assert x.assign(s, "k", T0).variant in {"champion", "challenger"}  # pure: state passed in
     last = x.read_state(settings, "m")
     assert last is not None and last.outcome == "guardrail" and last.reason == tripped[0]
-    audit = [e for e in registry.read_audit(settings) if e["event"] == "experiment-end"]
-    assert audit[-1]["decision"] == "guardrail" and audit[-1]["reason"] == tripped[0]
+    ends = [r.event for r in open_store(settings.state_dir).events("m", ("experiment_end",))]
+    assert isinstance(ends[-1], ExperimentEnd)
+    assert ends[-1].outcome == "guardrail" and ends[-1].reason == tripped[0]
 
 
 # -- sample size and the tests ---------------------------------------------------------------------
@@ -379,7 +380,9 @@ def register_two_models(project: Project) -> None:
     model = LogisticRegression().fit(X, (X["a"] > 0).astype(int))
     for version in ("1", "2"):  # one training run each: a run's earlier versions are orphans
         with mlflow.start_run() as run:
-            info = mlflow.sklearn.log_model(model, name="model", serialization_format="pickle")
+            info = mlflow.sklearn.log_model(
+                model, name="model", serialization_format="pickle", pip_requirements=[]
+            )  # no requirements inferred: a subprocess per log
             mlflow.set_tag(COMPLETE_TAG, "true")
         ref = registry.register(client, project.model_name, run.info.run_id, info.model_uri, {})
         assert ref.version == version
@@ -455,10 +458,10 @@ def test_three_experiments_each_run_to_a_verdict(project: Project) -> None:
     tags = project.mlflow_client().get_model_version(name, "2").tags
     assert tags["driftloop.decision"] == "promoted"
     assert tags["driftloop.champion_before"] == "1"
-    promotion = [e for e in project.audit() if e["event"] == "promotion"][-1]
+    promotion = [e for e in project.audit() if e["kind"] == "promotion"][-1]
     assert (promotion["version"], promotion["decision"]) == ("2", "promoted")
     assert promotion["champion_before"] == "1" and promotion["test"]["name"] == "paired t-test"
-    ends = [e["decision"] for e in project.audit() if e["event"] == "experiment-end"]
+    ends = [e["outcome"] for e in project.audit() if e["kind"] == "experiment_end"]
     assert ends == ["guardrail", "ended", "promoted"]
     assert cli("experiment", "stop").exit_code == 8  # nothing runs any more
     assert cli("experiment", "start").exit_code == 8  # challenger is the champion now

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import math
 import multiprocessing
 import sys
@@ -22,6 +21,7 @@ import pytest
 from driftloop import monitoring, replay
 from driftloop.config import Params, ReplayParams, Settings, load_params, parse_params
 from driftloop.errors import ConfigError
+from driftloop.ledger import RetrainClaim, open_store
 from tests.helpers import REPO_ROOT
 
 DAY = dt.date(2015, 1, 31)
@@ -38,9 +38,9 @@ def claim(settings: Settings, as_of: dt.date, cooldown: int = COOLDOWN) -> bool:
 
 
 def claims_in_audit(settings: Settings) -> list[str]:
-    """The as_of of every retrain claim the audit log records."""
-    lines = settings.audit_log.read_text().splitlines()
-    return [e["as_of"] for e in map(json.loads, lines) if e["event"] == "retrain"]
+    """The day of every retrain claim the decision ledger records."""
+    events = open_store(settings.state_dir).events(kinds=("retrain_claim",))
+    return [r.event.day for r in events if isinstance(r.event, RetrainClaim)]
 
 
 # --- claim_retrain: the cooldown -----------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_each_model_has_its_own_cooldown(settings: Settings) -> None:
     assert monitoring.last_retrain(settings, rain) == DAY
     assert monitoring.last_retrain(settings, flights) == DAY
     assert monitoring.last_retrain(settings, "another_model") is None
-    entries = [json.loads(line) for line in settings.audit_log.read_text().splitlines()]
+    entries = [r.to_dict() for r in open_store(settings.state_dir).events()]
     assert [(e["model"], e["reason"]) for e in entries] == [
         (rain, "drift: rain"),
         (flights, "drift: flights"),

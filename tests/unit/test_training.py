@@ -32,6 +32,9 @@ def train_model(params: Params, fit: Dataset, holdout: Dataset) -> TrainedModel:
 
 
 def with_train(params: Params, **update: object) -> Params:
+    """Params with train keys changed; a single `model`/`hyperparams` replaces the candidates."""
+    if "model" in update or "hyperparams" in update:
+        update = {"candidates": {}, **update}
     return params.model_copy(update={"train": params.train.model_copy(update=update)})
 
 
