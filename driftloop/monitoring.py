@@ -4,8 +4,9 @@ The current data is what the champion served, when the prediction service logged
 window (online: the served inputs and probabilities, labelled by feedback), else the accepted
 data of the window scored with the champion. The reference is the champion's own training data,
 found through lineage (the training window recorded on the model version), never a copy kept by
-hand. The decision is `drift.decide_retrain`; `claim_retrain` makes sure that several monitors
-firing at once start one retrain.
+hand. The signals (realised and estimated performance, calibrated and importance-weighted drift,
+a domain classifier) are measured by `triggers.assess`; the decision is `policy.decide_retrain`;
+`claim_retrain` makes sure that several monitors firing at once start one retrain.
 """
 
 from __future__ import annotations
@@ -20,19 +21,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from driftloop import datastore, jsonio, registry, stages, versioning
+from driftloop import datastore, jsonio, policy, registry, stages, triggers, versioning
 from driftloop.config import Params, Settings
-from driftloop.drift import (
-    CannotEvaluate,
-    DriftSummary,
-    PerformanceCheck,
-    RetrainDecision,
-    compute_drift,
-    decide_retrain,
-)
+from driftloop.drift import CannotEvaluate, DriftSummary, PerformanceCheck, compute_drift
 from driftloop.features import attach_labels, label, make_dataset, sort_rows
 from driftloop.lineage import MonitorRun
 from driftloop.memo import Memo
+from driftloop.policy import RetrainDecision
+from driftloop.thresholds import Calibration
 from driftloop.training import predict_proba, score
 
 PREDICTION = "proba"
@@ -53,9 +49,10 @@ class MonitorResult:
     performance: PerformanceCheck | None = None
     out_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    assessment: triggers.Assessment | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        perf = self.performance
+        perf, assessment = self.performance, self.assessment
         return jsonio.to_jsonable(
             {
                 "as_of": self.as_of,
@@ -66,6 +63,7 @@ class MonitorResult:
                 "drift": self.drift.to_dict() if self.drift else None,
                 "performance": perf.to_dict() if perf else None,
                 "out_dir": str(self.out_dir) if self.out_dir else None,
+                "triggers": assessment.to_dict() if assessment else None,
                 **self.extra,
             }
         )
@@ -391,16 +389,25 @@ def monitor(
         except CannotEvaluate as exc:
             return finish(_not_evaluable(end, start, version, str(exc), source))
     assert current is not None
-    reference, unseen = seasonal_reference(
-        scored_reference(params, settings, champion, model), params, start, end
-    )
+    training = scored_reference(params, settings, champion, model)
+    reference, unseen = seasonal_reference(training, params, start, end)
     out_dir = settings.path(params.data.monitoring_dir) / end.isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
     current.to_parquet(out_dir / "predictions.parquet", index=False)
     perf = performance(params, client, champion, current)
     html = params.monitor.html_report
+    own = triggers.Champion(
+        (str(settings.project), champion.name, champion.version),
+        model,
+        stages.params_of(params, champion),
+        training,
+        settings.state_dir,
+    )
+    calibration, calibration_error = (None, None) if unseen else _calibrate(params, own, reference)
 
     def drift_report(html: bool) -> tuple[DriftSummary | None, str | None]:
+        if calibration_error is not None:
+            return None, calibration_error
         try:
             summary = compute_drift(
                 reference,
@@ -411,22 +418,30 @@ def monitor(
                 prediction_column=PREDICTION if params.monitor.prediction_drift else None,
                 html_path=out_dir / "drift.html" if html else None,
                 json_path=out_dir / "drift.json",
+                thresholds=calibration.thresholds() if calibration else None,
             )
         except CannotEvaluate as exc:
             return None, str(exc)
         return summary, None
 
     drift, drift_error = (None, None) if unseen else drift_report(html=html == "always")
-    decision = decide_retrain(
-        drift,
-        perf,
+    assessment = triggers.assess(
+        params,
+        own,
+        current,
+        perf.reference,
+        drift=drift,
+        drift_error=drift_error,
+        calibration=calibration,
+        unseen_season=unseen,
+    )
+    decision = policy.decide_retrain(
+        assessment.signals,
         params.monitor,
         last_retrain=_last_trained(settings, champion),
         today=end,
-        cannot_evaluate_reason=drift_error,
-        unseen_season=unseen,
     )
-    if html == "on_action" and decision.action != "no_action" and not unseen:
+    if html == "on_action" and decision.action != "no_action" and drift is not None:
         drift_report(html=True)  # the HTML only where a person will look: retrain or alert
     result = MonitorResult(
         end.isoformat(),
@@ -440,9 +455,25 @@ def monitor(
             "source": source,
             "reference": {"mode": params.monitor.reference, "rows": len(reference)},
         },
+        assessment=assessment,
     )
     jsonio.write_json(out_dir / "decision.json", result.to_dict())
     return finish(result)
+
+
+def _calibrate(
+    params: Params, own: triggers.Champion, reference: pd.DataFrame
+) -> tuple[Calibration | None, str | None]:
+    """Drift thresholds calibrated on the reference, or why they cannot be (fixed: none)."""
+    if params.monitor.drift_thresholds != "calibrated":
+        return None, None
+    try:
+        calibration = triggers.drift_calibration(
+            own, params, reference, params.monitor.prediction_drift
+        )
+    except CannotEvaluate as exc:
+        return None, str(exc)
+    return calibration, None
 
 
 def log_monitoring(params: Params, settings: Settings, result: MonitorResult) -> str:
@@ -465,6 +496,8 @@ def log_monitoring(params: Params, settings: Settings, result: MonitorResult) ->
         metrics.update({f"current_{k}": v for k, v in perf.current.items()})
         metrics["n_labelled"] = float(perf.n_labelled)
         metrics["n_pending"] = float(perf.n_pending)
+    if result.assessment is not None:
+        metrics.update(result.assessment.metrics())
     with mlflow.start_run(run_name=f"monitor-{result.as_of}") as run:
         registry.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
         tags = MonitorRun(
