@@ -67,10 +67,13 @@ def fit_calibrator(p: np.ndarray, y: np.ndarray) -> Calibrator | None:
     return Calibrator(model)
 
 
-def expected_confusion(p: np.ndarray, threshold: float) -> tuple[float, float, float, float]:
-    """Expected (tp, fp, fn, tn) of the predictions `p >= threshold`."""
+def expected_confusion(
+    p: np.ndarray, threshold: float, predicted: np.ndarray | None = None
+) -> tuple[float, float, float, float]:
+    """Expected (tp, fp, fn, tn) of the predictions `p >= threshold` (or `predicted`, the
+    champion's own, when `p` is recalibrated)."""
     p = np.asarray(p, dtype=float)
-    positive = p >= threshold
+    positive = p >= threshold if predicted is None else np.asarray(predicted, dtype=bool)
     tp, fp = float(p[positive].sum()), float((1 - p[positive]).sum())
     fn, tn = float(p[~positive].sum()), float((1 - p[~positive]).sum())
     return tp, fp, fn, tn
@@ -90,24 +93,17 @@ def expected_roc_auc(p: np.ndarray) -> float:
 def estimate_performance(
     p: np.ndarray, threshold: float, calibrator: Calibrator | None = None
 ) -> Estimate:
-    """The window's expected confusion matrix, accuracy and ROC AUC."""
-    q = calibrator(p) if calibrator is not None else np.asarray(p, dtype=float)
-    tp, fp, fn, tn = expected_confusion(q, threshold_on(p, q, threshold, calibrator))
+    """The window's expected confusion matrix, accuracy and ROC AUC.
+
+    The predictions judged are the champion's own (`p >= threshold`); their probability of
+    being right comes from the recalibrated scale when a calibrator is given.
+    """
+    p = np.asarray(p, dtype=float)
+    q = calibrator(p) if calibrator is not None else p
+    tp, fp, fn, tn = expected_confusion(q, threshold, predicted=p >= threshold)
     n = len(q)
     accuracy = (tp + tn) / n if n else math.nan
     return Estimate(n, accuracy, expected_roc_auc(q), tp, fp, fn, tn, calibrator is not None)
-
-
-def threshold_on(p: np.ndarray, q: np.ndarray, threshold: float, calibrator: Any) -> float:
-    """The decision threshold on the calibrated scale: predictions stay the champion's own.
-
-    The label metrics count `p >= threshold` as positive; on the recalibrated scale the same
-    rows are those with q at or above the smallest q of a positive prediction.
-    """
-    if calibrator is None:
-        return threshold
-    positive = np.asarray(p) >= threshold
-    return float(np.min(q[positive])) if positive.any() else math.inf
 
 
 @dataclass(frozen=True)
