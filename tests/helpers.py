@@ -190,7 +190,13 @@ def write_eager_flights_params(root: Path, name: str, end: str) -> Path:
     """
     raw = yaml.safe_load((REPO_ROOT / "examples" / "flights" / "params.yaml").read_text())
     raw["train"].update(cv_splits=2, hyperparams={"max_iter": 30, "max_depth": 3})
-    raw["monitor"].update(threshold=0.001, per_feature={}, drift_share=0.1, cooldown_days=0)
+    raw["monitor"].update(
+        drift_thresholds="fixed",
+        importance_weighting=False,
+        threshold=0.001,
+        drift_share=0.1,
+        cooldown_days=0,
+    )
     raw["replay"]["end"] = end
     path = root / "models" / f"{name}.yaml"
     path.parent.mkdir(exist_ok=True)
