@@ -403,11 +403,9 @@ def monitor(
         training,
         settings.state_dir,
     )
-    calibration, calibration_error = (None, None) if unseen else _calibrate(params, own, reference)
+    calibration, calibration_note = (None, None) if unseen else _calibrate(params, own, reference)
 
     def drift_report(html: bool) -> tuple[DriftSummary | None, str | None]:
-        if calibration_error is not None:
-            return None, calibration_error
         try:
             summary = compute_drift(
                 reference,
@@ -454,6 +452,9 @@ def monitor(
         extra={
             "source": source,
             "reference": {"mode": params.monitor.reference, "rows": len(reference)},
+            "drift_thresholds": "not judged: unseen season"
+            if unseen
+            else calibration_note or "calibrated",
         },
         assessment=assessment,
     )
@@ -464,15 +465,16 @@ def monitor(
 def _calibrate(
     params: Params, own: triggers.Champion, reference: pd.DataFrame
 ) -> tuple[Calibration | None, str | None]:
-    """Drift thresholds calibrated on the reference, or why they cannot be (fixed: none)."""
+    """Drift thresholds calibrated on the reference; None with the reason when the params ask
+    for fixed ones or the reference is too small to calibrate (the fixed ones then apply)."""
     if params.monitor.drift_thresholds != "calibrated":
-        return None, None
+        return None, "fixed (monitor.drift_thresholds)"
     try:
         calibration = triggers.drift_calibration(
             own, params, reference, params.monitor.prediction_drift
         )
     except CannotEvaluate as exc:
-        return None, str(exc)
+        return None, f"fixed: {exc}"
     return calibration, None
 
 
