@@ -43,6 +43,9 @@ def _markdown(result: MonitorResult) -> str:
     perf = result.performance
     if perf is not None:
         lines += ["", f"Labelled rows: {perf.n_labelled}; labels pending: {perf.n_pending}"]
+    if result.assessment is not None:
+        lines += ["", "| signal | state | detail |", "|---|---|---|"]
+        lines += [f"| {s.name} | {s.state} | {s.detail} |" for s in result.assessment.signals]
     if result.out_dir is not None and (result.out_dir / "drift.html").exists():
         lines += ["", f"Evidently report: [drift.html]({(result.out_dir / 'drift.html').as_uri()})"]
     return "\n".join(lines)
