@@ -43,6 +43,13 @@ def with_champion(project: Project, until: str = AS_OF, *, eager: bool = False) 
     return project
 
 
+def fired_signals(reason: str) -> list[str]:
+    """The signals a retrain reason names ("[retrain: ]signals fired: a, b; ...")."""
+    head = reason.removeprefix("retrain: ").split(";")[0]
+    assert head.startswith("signals fired: "), reason
+    return head.removeprefix("signals fired: ").split(", ")
+
+
 def retrain_claims(project: Project) -> list[dict[str, Any]]:
     return [e for e in project.audit() if e.get("event") == "retrain"]
 
