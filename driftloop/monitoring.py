@@ -422,7 +422,9 @@ def monitor(
             return None, str(exc)
         return summary, None
 
-    drift, drift_error = (None, None) if unseen else drift_report(html=html == "always")
+    drift, drift_error = (
+        (None, "not judged: unseen season") if unseen else drift_report(html=html == "always")
+    )
     assessment = triggers.assess(
         params,
         own,
