@@ -420,6 +420,10 @@ class PromoteParams(_Strict):
     via: Literal["gate", "experiment"] = "gate"
 
 
+TriggerName = Literal["performance", "estimated", "drift", "multivariate", "season"]
+DEFAULT_TRIGGERS: tuple[TriggerName, ...] = ("performance", "drift", "multivariate", "season")
+
+
 class FeatureDrift(_Strict):
     """Evidently stattest for one column: method name and threshold."""
 
@@ -442,7 +446,9 @@ class MonitorParams(_Strict):
     prediction_threshold: float | None = None
     per_feature: dict[str, FeatureDrift] = Field(default_factory=dict)
     prediction_drift: bool = True
-    max_metric_drop: float = Field(0.10, ge=0.0)  # allowed drop of the primary metric vs holdout
+    # The tolerated drop of the primary metric vs holdout: a retrain when the window's metric
+    # is significantly (interval at `confidence`) below holdout - this, or estimated below it.
+    max_metric_drop: float = Field(0.10, ge=0.0)
     min_labelled_rows: int = Field(14, ge=1)
     html_report: Literal["always", "on_action"] = "always"  # Evidently HTML (~4 MB each)
     cooldown_days: int = Field(28, ge=0)  # no drift-triggered retrain this soon after one
@@ -451,6 +457,25 @@ class MonitorParams(_Strict):
     reference: Literal["seasonal", "training"] = "seasonal"
     season_margin_days: int = Field(15, ge=0, le=183)  # seasonal: days either side of the window
     max_rows: int = Field(200_000, ge=1000)  # larger frames are sampled (seeded) for drift
+    # Drift thresholds: "calibrated" from the reference itself (each statistic's distribution
+    # over reference chunks of the window's size; an alert beyond `calibration_quantile` of it),
+    # or "fixed" (threshold, categorical_threshold, prediction_threshold, per_feature).
+    drift_thresholds: Literal["calibrated", "fixed"] = "calibrated"
+    calibration_quantile: float = Field(0.99, gt=0.5, lt=1.0)
+    calibration_chunks: int = Field(100, ge=10)  # reference chunks per statistic
+    # Drift weighted by the champion's permutation importance on its holdout: drift in a
+    # feature the model ignores counts for nothing.
+    importance_weighting: bool = True
+    # Multivariate drift: a domain classifier (reference vs window, cross-validated ROC AUC)
+    # on the features the champion uses, alerting beyond the same quantile of its reference null.
+    domain_classifier: bool = True
+    domain_chunks: int = Field(20, ge=5)  # reference chunks for its null distribution
+    domain_max_rows: int = Field(20_000, ge=200)  # rows per fit (reference sampled down)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)  # of the realised metric's interval
+    # The signals that may start a retrain (the others are recorded, not acted on). "estimated"
+    # (CBPE before labels) is recorded by default: a window of one season spreads its scores
+    # less than the holdout, so its expected ROC AUC sits below the holdout's without any loss.
+    triggers: list[TriggerName] = Field(default_factory=lambda: list(DEFAULT_TRIGGERS))
 
 
 class RetrainParams(_Strict):

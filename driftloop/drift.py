@@ -12,13 +12,13 @@ current window while the reference varies is tested as usual when the test gives
 else marked drifted; two different constants, or a constant reference and a varying current, are
 drifted; the same constant on both sides is not.
 
-`decide_retrain` is pure: drift summary + performance check + policy in, `RetrainDecision` out.
+The retrain decision lives in `driftloop.policy`; drift thresholds calibrated from the reference
+in `driftloop.thresholds` (passed in as `thresholds`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import math
 import warnings
@@ -33,10 +33,7 @@ import pandas as pd
 from driftloop.config import MonitorParams
 from driftloop.errors import ConfigError, DriftloopError
 
-LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
-FALLBACK_METRICS = ("brier", "log_loss")  # judged when the primary metric is undefined
 _VALUE_DRIFT_TYPES = (":ValueDrift", ":ValueDriftScore")
-_FLOAT_NOISE = 1e-9
 
 ColumnKind = Literal["numerical", "categorical"]
 
@@ -141,6 +138,7 @@ def compute_drift(
     html_path: Path | None = None,
     json_path: Path | None = None,
     seed: int = 0,
+    thresholds: Mapping[str, float] | None = None,
 ) -> DriftSummary:
     """Evidently drift of the features (and the prediction) between reference and current.
 
@@ -155,19 +153,20 @@ def compute_drift(
         html_path, json_path: where to save Evidently's report, if given (not written when
             every column was decided without a test).
         seed: for sampling frames above `monitor.max_rows`.
+        thresholds: per-column thresholds (calibrated ones) that replace the params' own.
 
     Raises:
         CannotEvaluate: too few rows; a column missing, entirely NaN, with fewer than
             `min_rows` values, or declared numerical without numbers; a NaN score.
         ConfigError: a method Evidently does not know, or one that does not fit the column kind.
     """
-    specs = _column_specs(numerical, categorical, prediction_column, monitor)
-    thresholds = _resolve_thresholds(specs)
+    specs = _column_specs(numerical, categorical, prediction_column, monitor, thresholds)
+    resolved = _resolve_thresholds(specs)
     names = [s.column for s in specs]
     _check_frames(reference, current, names, monitor.min_rows)
     ref = _prepare(sample_rows(reference, monitor.max_rows, seed)[names], specs)
     cur = _prepare(sample_rows(current, monitor.max_rows, seed)[names], specs)
-    decided, notes = _constant_verdicts(ref, cur, specs, thresholds, monitor.min_rows)
+    decided, notes = _constant_verdicts(ref, cur, specs, resolved, monitor.min_rows)
     tested = [s for s in specs if s.column not in decided]
     if tested:
         by_column = _run_evidently(ref, cur, tested, html_path=html_path, json_path=json_path)
@@ -194,8 +193,10 @@ def _column_specs(
     categorical: list[str],
     prediction_column: str | None,
     monitor: MonitorParams,
+    thresholds: Mapping[str, float] | None = None,
 ) -> list[_Spec]:
-    """Method and threshold per column: its kind's defaults, unless `per_feature` names it.
+    """Method and threshold per column: its kind's defaults, unless `per_feature` names it;
+    a threshold in `thresholds` (calibrated) wins over both.
 
     A per-feature entry without a threshold gets Evidently's default for *its* method, not the
     kind's threshold: thresholds mean different things for p-values and distances.
@@ -227,7 +228,23 @@ def _column_specs(
             method = getattr(monitor, method_field)
             threshold = getattr(monitor, method_field.replace("method", "threshold"))
             specs.append(_Spec(name, kind, method, threshold, f"monitor.{method_field}"))
+    if thresholds:
+        specs = [
+            dataclasses.replace(s, threshold=thresholds[s.column]) if s.column in thresholds else s
+            for s in specs
+        ]
     return specs
+
+
+def column_methods(
+    numerical: list[str],
+    categorical: list[str],
+    prediction_column: str | None,
+    monitor: MonitorParams,
+) -> list[tuple[str, ColumnKind, str]]:
+    """(column, kind, method) of every tested column, as `compute_drift` tests them."""
+    specs = _column_specs(numerical, categorical, prediction_column, monitor)
+    return [(s.column, s.kind, s.method) for s in specs]
 
 
 def _resolve_thresholds(specs: list[_Spec]) -> dict[str, float]:
@@ -482,7 +499,7 @@ def _parse_snapshot(raw: dict[str, Any], kinds: Mapping[str, ColumnKind]) -> lis
     return results
 
 
-# --- the retrain decision (pure) -------------------------------------------------------------
+# --- performance on labelled window rows -------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -507,173 +524,3 @@ class PerformanceCheck:
             "n_labelled": self.n_labelled,
             "n_pending": self.n_pending,
         }
-
-
-@dataclass(frozen=True)
-class MetricJudgement:
-    """The metric judged: on the holdout and on the window, and why not the primary one."""
-
-    metric: str
-    reference: float
-    current: float
-    instead_of: str | None = None  # why the primary metric was not judged
-
-    @property
-    def drop(self) -> float:
-        """How much worse current is than reference (positive = worse)."""
-        if self.metric in LOWER_IS_BETTER:
-            return self.current - self.reference
-        return self.reference - self.current
-
-
-@dataclass(frozen=True)
-class RetrainDecision:
-    """What to do, and a one-line reason why."""
-
-    action: Literal["retrain", "no_action", "cannot_evaluate"]
-    reason: str
-
-
-def decide_retrain(
-    drift: DriftSummary | None,
-    performance: PerformanceCheck | None,
-    monitor: MonitorParams,
-    *,
-    last_retrain: dt.date | None,
-    today: dt.date,
-    cannot_evaluate_reason: str | None = None,
-    unseen_season: str | None = None,
-) -> RetrainDecision:
-    """Retrain on enough drift or a large enough metric drop, unless in cooldown; fail closed.
-
-    `cannot_evaluate_reason` says why drift could not be judged (the summary, if any, is then
-    ignored). The metric is the primary one, or the first fallback defined on both holdout and
-    window. `unseen_season` (the champion's training data holds too few rows of this time of
-    year to be a reference) is a trigger of its own. "cannot_evaluate" only when neither drift,
-    nor a metric, nor an unseen season can be judged.
-    """
-    if cannot_evaluate_reason is not None:
-        drift = None
-    judged = judge_performance(performance, monitor)
-    drift_note = f"drift not judged: {_one_line(cannot_evaluate_reason or 'no drift summary')}"
-    if drift is None and unseen_season is None and judged is None:
-        status = _metric_status(performance, judged, monitor)
-        return RetrainDecision("cannot_evaluate", f"{drift_note}; {status}")
-    season_trigger = f"unseen season: {_one_line(unseen_season)}" if unseen_season else None
-    drift_trigger = _drift_trigger(drift, monitor) if drift is not None else None
-    metric_trigger = _metric_trigger(performance, judged, monitor)
-    triggers = [t for t in (season_trigger, drift_trigger, metric_trigger) if t]
-    if not triggers:
-        drift_status = _drift_status(drift, monitor) if drift is not None else drift_note
-        status = "; ".join([drift_status, _metric_status(performance, judged, monitor)])
-        return RetrainDecision("no_action", status)
-    context = []  # what else was seen, not a trigger
-    if cannot_evaluate_reason is not None or (drift is None and unseen_season is None):
-        context.append(drift_note)
-    if performance is not None and metric_trigger is None:
-        context.append(_metric_status(performance, judged, monitor))
-    wanted = "; ".join(triggers + context)
-    if last_retrain is not None and (today - last_retrain).days < monitor.cooldown_days:
-        return RetrainDecision(
-            "no_action",
-            f"cooldown: last retrain {last_retrain.isoformat()} is {(today - last_retrain).days} "
-            f"days ago (< {monitor.cooldown_days}); would retrain for {wanted}",
-        )
-    return RetrainDecision("retrain", wanted)
-
-
-def judge_performance(
-    perf: PerformanceCheck | None, monitor: MonitorParams
-) -> MetricJudgement | None:
-    """The metric to judge, or None: no check, too few labels, or no metric defined on both.
-
-    The primary metric if it is defined (finite) on the holdout and the window; else the first
-    fallback (brier, then log_loss) defined on both, with the reason it stands in.
-    """
-    if perf is None or perf.n_labelled < monitor.min_labelled_rows or not perf.current:
-        return None
-    candidates = list(dict.fromkeys([perf.metric, *FALLBACK_METRICS]))
-    for name in candidates:
-        if _undefined(perf, name) is None:
-            instead = (
-                None if name == perf.metric else f"{perf.metric} {_undefined(perf, perf.metric)}"
-            )
-            return MetricJudgement(name, perf.reference[name], perf.current[name], instead)
-    return None
-
-
-def _undefined(perf: PerformanceCheck, metric: str) -> str | None:
-    """Where `metric` is undefined (missing or NaN): on the holdout, the window, both; or None."""
-    sides = [
-        side
-        for side, values in (("the holdout", perf.reference), ("the window", perf.current))
-        if not math.isfinite(values.get(metric, math.nan))
-    ]
-    return f"undefined on {' and '.join(sides)}" if sides else None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "cannot evaluate"
-
-
-def _drift_trigger(drift: DriftSummary, monitor: MonitorParams) -> str | None:
-    if drift.drifted_share < monitor.drift_share:
-        return None
-    return f"drift: {_drift_status(drift, monitor)}"
-
-
-def _drift_status(drift: DriftSummary, monitor: MonitorParams) -> str:
-    n, drifted = len(drift.columns), drift.drifted_columns
-    cmp = ">=" if drift.drifted_share >= monitor.drift_share else "<"
-    names = ", ".join(drifted) if drifted else "none"
-    text = (
-        f"drifted share {drift.drifted_share:.2f} {cmp} {monitor.drift_share:.2f} "
-        f"({len(drifted)}/{n} columns: {names})"
-    )
-    if drift.prediction is not None and drift.prediction.drifted:
-        text += f"; prediction {drift.prediction.column!r} drifted"
-    return text
-
-
-def _exceeds(drop: float, limit: float) -> bool:
-    """drop > limit, ignoring float noise: 0.80 -> 0.70 is a drop of 0.10, not 0.1000000001."""
-    return drop - limit > _FLOAT_NOISE
-
-
-def _metric_trigger(
-    perf: PerformanceCheck | None, judged: MetricJudgement | None, monitor: MonitorParams
-) -> str | None:
-    if judged is None or not _exceeds(judged.drop, monitor.max_metric_drop):
-        return None
-    return f"performance: {_metric_status(perf, judged, monitor)}"
-
-
-def _metric_status(
-    perf: PerformanceCheck | None, judged: MetricJudgement | None, monitor: MonitorParams
-) -> str:
-    if perf is None:
-        return "no performance check"
-    pending = _pending(perf.n_pending)
-    if perf.n_labelled == 0 or not perf.current:
-        return f"{perf.metric}: labels not arrived yet" + (f" ({pending})" if pending else "")
-    counts = f"{perf.n_labelled} labelled rows" + (f", {pending}" if pending else "")
-    if perf.n_labelled < monitor.min_labelled_rows:
-        return f"{perf.metric}: {counts} < {monitor.min_labelled_rows}, not judged"
-    if judged is None:
-        names = list(dict.fromkeys([perf.metric, *FALLBACK_METRICS]))
-        why = ", ".join(f"{m} {_undefined(perf, m)}" for m in names)
-        return f"performance not judged: {why} ({counts})"
-    cmp = ">" if _exceeds(judged.drop, monitor.max_metric_drop) else "<="
-    text = (
-        f"{judged.metric} {judged.reference:.3f} -> {judged.current:.3f} "
-        f"(drop {judged.drop:+.3f} {cmp} {monitor.max_metric_drop:.3f}, {counts})"
-    )
-    if judged.instead_of:
-        text = f"{judged.instead_of}, judged on {judged.metric} instead: {text}"
-    return text
-
-
-def _pending(n: int) -> str:
-    if n <= 0:
-        return ""
-    return f"{n} label{'s' if n != 1 else ''} pending"

@@ -9,8 +9,9 @@ The current data is what the champion served, when the prediction service logged
 window (online: the served inputs and probabilities, labelled by feedback), else the accepted
 data of the window scored with the champion. The reference is the champion's own training data,
 found through lineage (the training window recorded on the model version), never a copy kept by
-hand. The decision is `drift.decide_retrain`; `claim_retrain` makes sure that several monitors
-firing at once start one retrain.
+hand. The signals (realised and estimated performance, calibrated and importance-weighted drift,
+a domain classifier) are measured by `triggers.assess`; the decision is `policy.decide_retrain`;
+`claim_retrain` makes sure that several monitors firing at once start one retrain.
 """
 
 from __future__ import annotations
@@ -25,19 +26,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from driftloop import datastore, jsonio, labels, registry, stages, versioning
+from driftloop import datastore, jsonio, labels, policy, registry, stages, triggers, versioning
 from driftloop.config import Params, Settings
-from driftloop.drift import (
-    CannotEvaluate,
-    DriftSummary,
-    PerformanceCheck,
-    RetrainDecision,
-    compute_drift,
-    decide_retrain,
-)
+from driftloop.drift import CannotEvaluate, DriftSummary, PerformanceCheck, compute_drift
 from driftloop.features import label, make_dataset, sort_rows
 from driftloop.lineage import MonitorRun
 from driftloop.memo import Memo
+from driftloop.policy import RetrainDecision
+from driftloop.thresholds import Calibration
 from driftloop.training import predict_proba, score, threshold_of
 
 PREDICTION = "proba"
@@ -58,9 +54,10 @@ class MonitorResult:
     performance: PerformanceCheck | None = None
     out_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    assessment: triggers.Assessment | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        perf = self.performance
+        perf, assessment = self.performance, self.assessment
         return jsonio.to_jsonable(
             {
                 "as_of": self.as_of,
@@ -71,6 +68,7 @@ class MonitorResult:
                 "drift": self.drift.to_dict() if self.drift else None,
                 "performance": perf.to_dict() if perf else None,
                 "out_dir": str(self.out_dir) if self.out_dir else None,
+                "triggers": assessment.to_dict() if assessment else None,
                 **self.extra,
             }
         )
@@ -381,6 +379,9 @@ class Reference:
     frame: pd.DataFrame
     mode: str
     unseen: str | None = None
+    own: triggers.Champion | None = None  # the champion as the signals see it (cached per version)
+    calibration: Calibration | None = None  # drift thresholds calibrated on the reference
+    thresholds_note: str = "calibrated"
 
 
 @dataclass(frozen=True)
@@ -393,11 +394,16 @@ class DriftCheck:
 
 @dataclass(frozen=True)
 class Performance:
-    """The champion's performance on the window: realised on labelled rows; `estimated` is the
-    slot for an estimate from the predictions alone (before labels arrive), None until set."""
+    """The champion's performance on the window, realised on labelled rows and estimated from
+    the predictions alone (before labels arrive), with the other signals the policy weighs
+    (`triggers.assess`: the performance test, weighted drift, the domain classifier)."""
 
     realised: PerformanceCheck
-    estimated: Any = None
+    assessment: triggers.Assessment | None = None
+
+    @property
+    def estimated(self) -> Any:
+        return self.assessment.estimate if self.assessment is not None else None
 
 
 @dataclass(frozen=True)
@@ -463,9 +469,36 @@ def _judged(
 def reference(params: Params, settings: Settings, window: Window) -> Reference:
     """The champion's scored training rows, of the window's season (`monitor.reference`)."""
     assert window.champion is not None
-    scored = scored_reference(params, settings, window.champion, window.model)
+    champion = window.champion
+    scored = scored_reference(params, settings, champion, window.model)
     frame, unseen = seasonal_reference(scored, params, window.start, window.end)
-    return Reference(frame, params.monitor.reference, unseen)
+    own = triggers.Champion(
+        (str(settings.project), champion.name, champion.version),
+        window.model,
+        stages.params_of(params, champion),
+        scored,
+        settings.state_dir,
+    )
+    if unseen is not None:
+        return Reference(frame, params.monitor.reference, unseen, own, None, "not judged")
+    calibration, note = _calibrate(params, own, frame)
+    return Reference(frame, params.monitor.reference, unseen, own, calibration, note)
+
+
+def _calibrate(
+    params: Params, own: triggers.Champion, reference: pd.DataFrame
+) -> tuple[Calibration | None, str]:
+    """Drift thresholds calibrated on the reference; None with the reason when the params ask
+    for fixed ones or the reference is too small to calibrate (the fixed ones then apply)."""
+    if params.monitor.drift_thresholds != "calibrated":
+        return None, "fixed (monitor.drift_thresholds)"
+    try:
+        calibration = triggers.drift_calibration(
+            own, params, reference, params.monitor.prediction_drift
+        )
+    except CannotEvaluate as exc:
+        return None, f"fixed: {exc}"
+    return calibration, "calibrated"
 
 
 def drift(params: Params, window: Window, reference: Reference) -> DriftCheck:
@@ -493,19 +526,36 @@ def drift_report(params: Params, window: Window, reference: Reference, *, html: 
             prediction_column=PREDICTION if params.monitor.prediction_drift else None,
             html_path=window.out_dir / "drift.html" if html else None,
             json_path=window.out_dir / "drift.json",
+            thresholds=reference.calibration.thresholds() if reference.calibration else None,
         )
     except CannotEvaluate as exc:
         return DriftCheck(None, str(exc))
     return DriftCheck(summary)
 
 
-def performance(params: Params, settings: Settings, window: Window) -> Performance:
-    """Realised metrics on the window's labelled rows, against the champion's holdout metrics."""
+def performance(
+    params: Params, settings: Settings, window: Window, reference: Reference, drift: DriftCheck
+) -> Performance:
+    """Realised metrics on the window's labelled rows against the champion's holdout metrics,
+    the estimate from the predictions, and the signals the policy weighs (`triggers.assess`)."""
     assert window.champion is not None and window.current is not None
+    assert reference.own is not None
     client = registry.connect(settings)
     threshold = threshold_of(window.model, params.evaluation.threshold)
     realised = realised_performance(params, client, window.champion, window.current, threshold)
-    return Performance(realised)
+    unseen = reference.unseen
+    assessment = triggers.assess(
+        params,
+        reference.own,
+        window.current,
+        realised.reference,
+        drift=drift.summary,
+        drift_error="not judged: unseen season" if unseen else drift.error,
+        calibration=reference.calibration,
+        unseen_season=unseen,
+        threshold=threshold,
+    )
+    return Performance(realised, assessment)
 
 
 def decide(
@@ -516,17 +566,14 @@ def decide(
     drift: DriftCheck,
     performance: Performance,
 ) -> RetrainDecision:
-    """Retrain, alert or nothing (`drift.decide_retrain`), with the cooldown since the last
-    retrain of the champion's model."""
-    assert window.champion is not None
-    return decide_retrain(
-        drift.summary,
-        performance.realised,
+    """Retrain, alert or nothing (`policy.decide_retrain` on the signals), with the cooldown
+    since the last retrain of the champion's model."""
+    assert window.champion is not None and performance.assessment is not None
+    return policy.decide_retrain(
+        performance.assessment.signals,
         params.monitor,
         last_retrain=_last_trained(settings, window.champion),
         today=window.end,
-        cannot_evaluate_reason=drift.error,
-        unseen_season=reference.unseen,
     )
 
 
@@ -555,8 +602,8 @@ def to_result(findings: Findings) -> MonitorResult:
     extra: dict[str, Any] = {"source": window.source} if window.source else {}
     if window.problem is None and ref is not None:
         extra["reference"] = {"mode": ref.mode, "rows": len(ref.frame)}
-    if findings.performance is not None and findings.performance.estimated is not None:
-        extra["estimated"] = findings.performance.estimated  # recorded beside the realised
+        extra["drift_thresholds"] = ref.thresholds_note
+    perf = findings.performance
     return MonitorResult(
         window.end.isoformat(),
         window.start.isoformat(),
@@ -566,6 +613,7 @@ def to_result(findings: Findings) -> MonitorResult:
         findings.performance.realised if findings.performance else None,
         window.out_dir if window.problem is None else None,
         extra=extra,
+        assessment=perf.assessment if perf else None,
     )
 
 
@@ -603,7 +651,7 @@ def monitor(
         return steps.record(params, settings, Findings(window, cannot), log=log)
     ref = steps.reference(params, settings, window)
     drifted = steps.drift(params, window, ref)
-    perf = steps.performance(params, settings, window)
+    perf = steps.performance(params, settings, window, ref, drifted)
     decision = steps.decide(params, settings, window, ref, drifted, perf)
     return steps.record(params, settings, Findings(window, decision, ref, drifted, perf), log=log)
 
@@ -628,6 +676,8 @@ def log_monitoring(params: Params, settings: Settings, result: MonitorResult) ->
         metrics.update({f"current_{k}": v for k, v in perf.current.items()})
         metrics["n_labelled"] = float(perf.n_labelled)
         metrics["n_pending"] = float(perf.n_pending)
+    if result.assessment is not None:
+        metrics.update(result.assessment.metrics())
     with mlflow.start_run(run_name=f"monitor-{result.as_of}") as run:
         registry.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
         tags = MonitorRun(

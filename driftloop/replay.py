@@ -12,7 +12,7 @@ import datetime as dt
 import html
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,11 @@ class Step:
     promoted: bool
     n_labelled: int = 0
     n_pending: int = 0
+    signals_fired: str = ""  # the retrain signals that fired (comma-separated)
+    estimated_roc_auc: float | None = None  # CBPE at the step, before labels
+    estimated_accuracy: float | None = None
+    realised_roc_auc: float | None = None  # the same window once every label has landed
+    realised_accuracy: float | None = None
 
 
 def step_dates(params: Params) -> list[dt.date]:
@@ -267,6 +272,48 @@ def compare(
             "promotions": sum(s.promoted for s in steps),
         },
     }
+
+
+def realised_by_step(
+    params: Params, ws: Settings, steps: list[Step], loop_models: dict[str, Any]
+) -> tuple[list[Step], dict[str, Any]]:
+    """Each step's monitoring window scored, once every label has landed, by the champion that
+    was monitored then; and how close the step's CBPE estimate came (share within +-0.03)."""
+    from driftloop.estimation import estimation_error
+
+    feats = _features(params, all_rows(params, ws))
+    columns = [c for c in feats.columns if not c.startswith("__")]
+    days = params.monitor.window_days
+    out = []
+    for step in steps:
+        end = pd.Timestamp(dt.date.fromisoformat(step.as_of)) + pd.Timedelta(days=1)
+        inside = (feats["__time"] >= end - pd.Timedelta(days=days)) & (feats["__time"] < end)
+        rows = feats[inside & feats["__label"].notna()]
+        if rows.empty or str(step.champion) not in loop_models:
+            out.append(step)
+            continue
+        proba = loop_models[str(step.champion)].predict_proba(rows[columns])[:, 1]
+        metrics = score(rows["__label"].to_numpy(dtype=int), proba, params.evaluation.threshold)
+        out.append(
+            replace(
+                step,
+                realised_roc_auc=_finite(metrics["roc_auc"]),
+                realised_accuracy=_finite(metrics["accuracy"]),
+            )
+        )
+    summary = {
+        metric: estimation_error(
+            [getattr(s, f"estimated_{metric}") for s in out],
+            [getattr(s, f"realised_{metric}") for s in out],
+            metric,
+        ).to_dict()
+        for metric in ("roc_auc", "accuracy")
+    }
+    return out, summary
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 # -- report -------------------------------------------------------------------------------------

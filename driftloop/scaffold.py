@@ -1360,6 +1360,10 @@ class _Builder:
             if large
             else "K-S test on the window's rows against the reference"
         )
+        self.notes["monitor.drift_thresholds"] = (
+            "each statistic's alert threshold comes from the champion's own reference: its "
+            "distribution over reference chunks of the window's size, at this quantile"
+        )
         self.notes["monitor.reference"] = (
             "the champion's training rows of the window's time of year (two years or more)"
             if seasonal
@@ -1377,9 +1381,9 @@ class _Builder:
             "min_rows": min_rows,
             "drift_share": 0.5,
             "method": "wasserstein" if large else "ks",
-            "threshold": 0.1 if large else 0.05,
             "categorical_method": "jensenshannon",
-            "categorical_threshold": 0.1,
+            "drift_thresholds": "calibrated",
+            "calibration_quantile": 0.99,
             "prediction_drift": True,
             "max_metric_drop": 0.1,
             "min_labelled_rows": min_labelled,

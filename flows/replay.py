@@ -61,6 +61,7 @@ def replay_flow(
             previous = as_of
     r.push(ws, wparams)
     comparison = r.compare(wparams, ws, timeline)
+    timeline, estimation = r.estimation(wparams, ws, timeline)
     meta = {
         "title": wparams.replay.title,
         "workspace": str(ws.project),
@@ -69,6 +70,7 @@ def replay_flow(
         "steps": len(timeline),
         "step_days": wparams.replay.step_days,
         "first_model": first.get("message"),
+        "estimation_error": estimation,
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     paths = r.report(settings.path(params.replay.report_dir), timeline, comparison, meta)

@@ -14,7 +14,7 @@ from prefect.client.schemas.objects import FlowRun
 
 from driftloop import monitoring
 from driftloop.config import Params, Settings
-from driftloop.drift import DriftSummary, RetrainDecision
+from driftloop.drift import DriftSummary
 from driftloop.monitoring import (
     DriftCheck,
     Findings,
@@ -23,6 +23,7 @@ from driftloop.monitoring import (
     Reference,
     Window,
 )
+from driftloop.policy import RetrainDecision
 from tasks import alerts
 from tasks.common import REGISTRY_RETRIES, table
 
@@ -41,6 +42,9 @@ def _markdown(result: MonitorResult) -> str:
     perf = result.performance
     if perf is not None:
         lines += ["", f"Labelled rows: {perf.n_labelled}; labels pending: {perf.n_pending}"]
+    if result.assessment is not None:
+        lines += ["", "| signal | state | detail |", "|---|---|---|"]
+        lines += [f"| {s.name} | {s.state} | {s.detail} |" for s in result.assessment.signals]
     if result.out_dir is not None and (result.out_dir / "drift.html").exists():
         lines += ["", f"Evidently report: [drift.html]({(result.out_dir / 'drift.html').as_uri()})"]
     return "\n".join(lines)
@@ -101,9 +105,11 @@ def drift(params: Params, window: Window, ref: Reference) -> DriftCheck:
 
 
 @task(name="performance", cache_policy=NONE, **REGISTRY_RETRIES)
-def performance(params: Params, settings: Settings, window: Window) -> Performance:
-    """Realised metrics on the labelled rows against the holdout (retried: reads MLflow)."""
-    perf = monitoring.performance(params, settings, window)
+def performance(
+    params: Params, settings: Settings, window: Window, ref: Reference, checked: DriftCheck
+) -> Performance:
+    """Realised and estimated performance and the signals (retried: reads MLflow)."""
+    perf = monitoring.performance(params, settings, window, ref, checked)
     realised = perf.realised
     create_table_artifact(
         key="monitoring-performance",

@@ -49,6 +49,8 @@ def to_step(outcome: dict[str, Any], batch_start: Any, champion: str | None) -> 
     retrain = outcome.get("retrain")
     drift = outcome.get("drift") or {}
     perf = outcome.get("performance") or {}
+    signals = (outcome.get("triggers") or {}).get("signals") or []
+    estimate = (outcome.get("triggers") or {}).get("estimate") or {}
     return replay.Step(
         as_of=outcome["as_of"],
         batch_start=batch_start.isoformat(),
@@ -60,6 +62,9 @@ def to_step(outcome: dict[str, Any], batch_start: Any, champion: str | None) -> 
         promoted=bool(isinstance(retrain, dict) and retrain.get("promoted")),
         n_labelled=int(perf.get("n_labelled") or 0),
         n_pending=int(perf.get("n_pending") or 0),
+        signals_fired=", ".join(s["name"] for s in signals if s["state"] == "fired"),
+        estimated_roc_auc=estimate.get("roc_auc"),
+        estimated_accuracy=estimate.get("accuracy"),
     )
 
 
@@ -80,6 +85,20 @@ def compare(params: Params, ws: Settings, steps: list[replay.Step]) -> dict[str,
         for v in versions
     }
     return replay.compare(params, ws, steps, models)
+
+
+@task(name="estimation-error", cache_policy=NONE)
+def estimation(
+    params: Params, ws: Settings, steps: list[replay.Step]
+) -> tuple[list[replay.Step], dict[str, Any]]:
+    """Each step's realised metrics once its labels landed, against its CBPE estimate."""
+    client = registry.connect(ws)
+    versions = {str(s.champion) for s in steps if s.champion is not None}
+    models = {
+        v: registry.load_model(registry.get_version(client, params.train.model_name, v))
+        for v in versions
+    }
+    return replay.realised_by_step(params, ws, steps, models)
 
 
 @task(name="report", cache_policy=NONE)

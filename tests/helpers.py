@@ -203,7 +203,13 @@ def write_eager_flights_params(root: Path, name: str, end: str) -> Path:
     for candidate in (raw["train"].get("candidates") or {}).values():
         if candidate["model"] == "hist_gradient_boosting":
             candidate["hyperparams"] = {**candidate.get("hyperparams", {}), "max_iter": 30}
-    raw["monitor"].update(threshold=0.001, per_feature={}, drift_share=0.1, cooldown_days=0)
+    raw["monitor"].update(
+        drift_thresholds="fixed",
+        importance_weighting=False,
+        threshold=0.001,
+        drift_share=0.1,
+        cooldown_days=0,
+    )
     raw["replay"]["end"] = end
     path = root / "models" / f"{name}.yaml"
     path.parent.mkdir(exist_ok=True)

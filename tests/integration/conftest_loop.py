@@ -22,8 +22,17 @@ RETRAIN_FLOW = "retrain"
 T = TypeVar("T")
 
 
-def with_champion(project: Project, until: str = AS_OF) -> Project:
-    """Ingest 2012-2014 and train the champion (v1), then ingest the days up to `until`."""
+# A policy that retrains on January 2015 (warmer than the champion's winters): the textbook K-S
+# p-value of 0.05 and every column counting alike, instead of thresholds calibrated on the
+# reference and the champion's importance (under which that January is calm).
+EAGER_MONITOR = {"drift_thresholds": "fixed", "threshold": 0.05, "importance_weighting": False}
+
+
+def with_champion(project: Project, until: str = AS_OF, *, eager: bool = False) -> Project:
+    """Ingest 2012-2014 and train the champion (v1), then ingest the days up to `until`;
+    `eager`: with a monitoring policy that retrains on January 2015 (EAGER_MONITOR)."""
+    if eager:
+        project.edit_params(monitor=EAGER_MONITOR)
     first = cli("ingest", "--until", TRAIN_UNTIL)
     assert first.exit_code == 0, first.stderr
     trained = cli("train", "--json").json()
@@ -32,6 +41,13 @@ def with_champion(project: Project, until: str = AS_OF) -> Project:
     assert more.exit_code == 0, more.stderr
     assert project.champion() == "1"
     return project
+
+
+def fired_signals(reason: str) -> list[str]:
+    """The signals a retrain reason names ("[retrain: ]signals fired: a, b; ...")."""
+    head = reason.removeprefix("retrain: ").split(";")[0]
+    assert head.startswith("signals fired: "), reason
+    return head.removeprefix("signals fired: ").split(", ")
 
 
 def retrain_claims(project: Project) -> list[dict[str, Any]]:

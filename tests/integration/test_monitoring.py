@@ -1,9 +1,9 @@
 """`monitoring.monitor` on a real champion: Evidently drift per feature, files, an MLflow run, and
 the "cannot evaluate" cases that must never read as "no_action" (plus the CLI's exit code 7).
 
-A constant column is drift evidence, not a reason to give up; too few rows for drift leaves the
-decision to the labelled rows' metric, and only when that cannot be judged either is the answer
-"cannot evaluate"."""
+Drift thresholds are calibrated on the champion's own reference. A constant column is drift
+evidence, not a reason to give up; too few rows for drift leaves the decision to the labelled
+rows' metric, and only when that cannot be judged either is the answer "cannot evaluate"."""
 
 from __future__ import annotations
 
@@ -87,9 +87,22 @@ def test_monitor_decides_from_drift_of_every_feature(
     # and January 2015 was warmer and windier than those: the temperatures drift.
     assert january.drift.n_reference == 174
     assert january.to_dict()["reference"] == {"mode": "seasonal", "rows": 174}
-    assert {"temp_max", "temp_min"} <= set(january.drift.drifted_columns)
-    assert january.decision.action == "retrain"
-    assert january.decision.reason.startswith("drift: drifted share")
+    # Thresholds calibrated on the reference: each column's KS p-value is judged against the 1 %
+    # quantile of p-values of 28-day reference chunks against the rest of the reference.
+    assert january.assessment is not None and january.assessment.calibration is not None
+    calibrated = january.assessment.calibration.thresholds()
+    for column in january.drift.columns:
+        assert column.threshold == pytest.approx(calibrated[column.column])
+        assert column.threshold < 0.05  # weather comes in spells: stricter than the textbook 0.05
+    # A warm, windy January is within what the champion's own winters varied by.
+    assert january.drift.drifted_columns == ()
+    signals = {s.name: s.state for s in january.assessment.signals}
+    assert signals["drift"] == signals["multivariate"] == signals["performance"] == "quiet"
+    assert january.decision.action == "no_action"
+    assert "importance-weighted drifted share 0.00 < 0.50" in january.decision.reason
+    importance = january.assessment.importance
+    assert importance is not None
+    assert max(importance.by_column, key=importance.by_column.__getitem__) == "precipitation"
 
 
 def test_monitor_writes_predictions_reports_and_decision(january: MonitorResult) -> None:
@@ -102,8 +115,16 @@ def test_monitor_writes_predictions_reports_and_decision(january: MonitorResult)
     assert "<html" in (out / "drift.html").read_text()[:2000].lower()
     assert (out / "drift.json").stat().st_size > 0
     decision = read_json(out / "decision.json")
-    assert decision["action"] == "retrain"
+    assert decision["action"] == january.decision.action
     assert decision["reason"] == january.decision.reason
+    assert [s["name"] for s in decision["triggers"]["signals"]] == [
+        "performance",
+        "estimated",
+        "drift",
+        "multivariate",
+        "season",
+    ]
+    assert 0.0 <= decision["triggers"]["estimate"]["roc_auc"] <= 1.0
     assert decision["drift"] == drift.to_dict()
 
 
@@ -119,7 +140,7 @@ def test_monitor_logs_a_run_in_the_monitoring_experiment(
     run = runs[0]
     assert MonitorRun.from_tags(run.data.tags) == MonitorRun(
         as_of=AS_OF,
-        action="retrain",
+        action=january.decision.action,
         reason=january.decision.reason,
         champion="1",
         model=champion.model_name,
@@ -127,6 +148,9 @@ def test_monitor_logs_a_run_in_the_monitoring_experiment(
     assert january.drift is not None
     for column in january.drift.columns:
         assert run.data.metrics[f"drift_{column.column}"] == pytest.approx(column.score)
+    assert january.assessment is not None and january.assessment.estimate is not None
+    estimated = january.assessment.estimate.roc_auc
+    assert run.data.metrics["estimated_roc_auc"] == pytest.approx(estimated)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"drift.json", "decision.json"} <= artifacts
 
@@ -150,11 +174,12 @@ def test_too_few_rows_for_drift_leaves_the_decision_to_the_labelled_rows(
         )
     assert result.drift is None
     assert result.decision.action != "cannot_evaluate", result.decision
-    assert "drift not judged" in result.decision.reason
+    assert "drift cannot tell" in result.decision.reason
     assert "28 rows" in result.decision.reason and "min_rows=40" in result.decision.reason
     perf = result.performance
     assert perf is not None and perf.n_labelled == 27 and perf.n_pending == 1  # Jan 31: tomorrow
-    assert f"{perf.n_labelled} labelled rows" in result.decision.reason
+    assert "performance quiet" in result.decision.reason
+    assert f"{perf.n_labelled} rows)" in result.decision.reason
 
 
 def test_too_few_rows_and_too_few_labels_cannot_evaluate(champion: Project) -> None:
@@ -162,7 +187,7 @@ def test_too_few_rows_and_too_few_labels_cannot_evaluate(champion: Project) -> N
         result = monitoring.monitor(
             champion.params, champion.settings, dt.date.fromisoformat(AS_OF), log=False
         )
-    assert_cannot_evaluate(result, "28 rows", "min_rows=40", "27 labelled rows", "< 40, not judged")
+    assert_cannot_evaluate(result, "28 rows", "min_rows=40", "27 labelled rows < 40: cannot tell")
     assert result.out_dir is not None
     assert read_json(result.out_dir / "decision.json")["action"] == "cannot_evaluate"
 

@@ -33,7 +33,7 @@ SEATTLE_INPUTS = ["precipitation", "temp_max", "temp_min", "wind"]
 @pytest.fixture(scope="module")
 def january(module_project: Project) -> tuple[Project, list[dict[str, Any]]]:
     """The champion (2012-2014) served January 2015, one request a day; then January ingested."""
-    project = with_champion(module_project, until=TRAIN_UNTIL)
+    project = with_champion(module_project, until=TRAIN_UNTIL, eager=True)
     days = load_seattle().set_index("date").loc["2015-01-01":AS_OF]
     params, settings = load_context()
     answers = []

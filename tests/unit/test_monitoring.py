@@ -360,7 +360,8 @@ def test_a_window_that_cannot_be_judged_goes_straight_to_its_record(
 
 
 def test_an_estimate_of_performance_is_recorded_beside_the_realised() -> None:
-    from driftloop.drift import PerformanceCheck, RetrainDecision
+    from driftloop.drift import PerformanceCheck
+    from driftloop.policy import RetrainDecision
 
     window = monitoring.Window(
         dt.date(2015, 1, 31), dt.date(2015, 1, 4), (pd.Timestamp(0), pd.Timestamp(1)), None
