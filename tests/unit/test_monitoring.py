@@ -360,7 +360,9 @@ def test_a_window_that_cannot_be_judged_goes_straight_to_its_record(
 
 
 def test_an_estimate_of_performance_is_recorded_beside_the_realised() -> None:
+    from driftloop import triggers
     from driftloop.drift import PerformanceCheck
+    from driftloop.estimation import Estimate
     from driftloop.policy import RetrainDecision
 
     window = monitoring.Window(
@@ -369,8 +371,9 @@ def test_an_estimate_of_performance_is_recorded_beside_the_realised() -> None:
     realised = PerformanceCheck("roc_auc", {"roc_auc": 0.7}, {}, 0, 28)
     decision = RetrainDecision("no_action", "nothing to judge yet")
     plain = monitoring.Findings(window, decision, performance=monitoring.Performance(realised))
-    assert "estimated" not in monitoring.to_result(plain).to_dict()
-    estimated = dataclasses.replace(
-        plain, performance=monitoring.Performance(realised, {"roc_auc": 0.68})
-    )
-    assert monitoring.to_result(estimated).to_dict()["estimated"] == {"roc_auc": 0.68}
+    assert monitoring.to_result(plain).to_dict()["triggers"] is None
+    estimate = Estimate(28, 0.75, 0.68, 10.0, 3.0, 4.0, 11.0, calibrated=True)
+    assessed = triggers.Assessment(signals=(), estimate=estimate)
+    estimated = dataclasses.replace(plain, performance=monitoring.Performance(realised, assessed))
+    recorded = monitoring.to_result(estimated).to_dict()["triggers"]["estimate"]
+    assert recorded["roc_auc"] == 0.68 and recorded["accuracy"] == 0.75 and recorded["n_rows"] == 28
