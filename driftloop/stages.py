@@ -460,7 +460,8 @@ def refit_winner(
         whole.X.tail(5).reset_index(drop=True),
         gated.selection(params.train.threshold_for),
     )
-    return register(params, settings, trained, data, trigger, refit_of=candidate)
+    validation = registry.run_json(candidate.run_id, "validation.json")  # the same data's
+    return register(params, settings, trained, data, trigger, validation, refit_of=candidate)
 
 
 def stage_challenger(
