@@ -383,5 +383,16 @@ def load_model(ref: ModelRef) -> Any:
     return MODELS.get(key, lambda: _call(mlflow.sklearn.load_model, ref.uri))
 
 
+def run_json(run_id: str, name: str) -> dict[str, Any] | None:
+    """A JSON artifact of a run (None when it has none of that name)."""
+    import mlflow
+
+    try:
+        loaded = mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
+    except Exception:
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
 def run_metrics(client: Any, run_id: str) -> dict[str, float]:
     return dict(_call(client.get_run, run_id).data.metrics)

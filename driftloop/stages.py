@@ -453,7 +453,7 @@ def refit_winner(
     which a model serving tomorrow needs most. A model without `refitted` (trained by an
     earlier driftloop) is returned as it is.
     """
-    from driftloop import registry, report
+    from driftloop import registry
 
     gated = registry.load_model(candidate)
     if not hasattr(gated, "refitted"):
@@ -478,7 +478,7 @@ def refit_winner(
         whole.X.tail(5).reset_index(drop=True),
         gated.selection(params.train.threshold_for),
     )
-    validation = report.artifact_json(candidate.run_id, "validation.json")  # the same data's
+    validation = registry.run_json(candidate.run_id, "validation.json")  # the same data's
     return register(params, settings, trained, data, trigger, validation, refit_of=candidate)
 
 

@@ -202,8 +202,11 @@ def calibrate(calibrator: Any, raw: np.ndarray) -> np.ndarray:
     if calibrator is None or len(raw) == 0:
         return raw
     if hasattr(calibrator, "predict_proba"):  # sigmoid (Platt): a logistic fit on the logit
-        return np.asarray(calibrator.predict_proba(_logit(raw))[:, 1], dtype=float)
-    return np.clip(np.asarray(calibrator.predict(raw), dtype=float), 1e-3, 1 - 1e-3)
+        mapped = calibrator.predict_proba(_logit(raw))[:, 1]
+    else:
+        mapped = calibrator.predict(raw)
+    # never certain: a map fitted on a narrow range must not send new rows to 0 or 1
+    return np.clip(np.asarray(mapped, dtype=float), 1e-3, 1 - 1e-3)
 
 
 def fit_calibrator(method: str, raw: np.ndarray, y: np.ndarray) -> Any:

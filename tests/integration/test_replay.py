@@ -33,9 +33,7 @@ def replayed(prefect_harness: None, module_project: Project) -> dict[str, Any]:
     from flows.replay import replay_flow
 
     module_project.edit_params(train={"refit": True})
-    module_project.git(
-        "commit", "-qam", "params: refit gate winners, as shipped"
-    )  # as shipped: gate winners are refitted
+    module_project.git("commit", "-qam", "params: refit gate winners, as shipped")
     return replay_flow(steps=STEPS, name="test")
 
 

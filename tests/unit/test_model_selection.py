@@ -149,38 +149,49 @@ def test_fixed_threshold_keeps_evaluation_threshold() -> None:
     assert threshold_of(object(), 0.4) == 0.4  # a model without one: the params' threshold
 
 
+OVERCONFIDENT = {
+    "model": "hist_gradient_boosting",
+    "hyperparams": {
+        "max_iter": 150,
+        "learning_rate": 0.3,
+        "max_depth": None,
+        "min_samples_leaf": 5,
+        "early_stopping": False,
+    },
+}
+
+
 def test_calibration_is_applied_where_it_lowers_cv_log_loss() -> None:
-    """A logistic regression regularised into timidity (probabilities near the base rate) gains
-    from a sigmoid map; a well-specified one does not, and stays uncalibrated."""
+    """Boosting run long and deep on noisy rows is overconfident: a calibration map lowers its
+    CV log loss and is applied. A well-specified logistic regression stays uncalibrated."""
     data = linear_problem(n=1200)
-    timid = train_params(
-        candidates={"lr": {"model": "logistic_regression", "hyperparams": {"C": 1e-4}}}
+    model, selection = fit_candidate(
+        train_params(candidates={"deep": OVERCONFIDENT}), FEATURES, data
     )
-    model, selection = fit_candidate(timid, FEATURES, data)
     assert selection.calibration in ("sigmoid", "isotonic")
     losses = selection.calibration_log_loss
     assert losses[selection.calibration] < losses["none"] - 0.05
-    assert model.calibrator is not None
+    assert model.calibrator is not None and model.calibration == selection.calibration
     assert selection.params()["calibration"] == selection.calibration
+    raw = model.pipeline.predict_proba(data.X)[:, 1]
+    assert not np.allclose(model.predict_proba(data.X)[:, 1], raw)
 
-    fine = train_params(candidates={"lr": LOGISTIC})
-    model, selection = fit_candidate(fine, FEATURES, data)
+    model, selection = fit_candidate(train_params(candidates={"lr": LOGISTIC}), FEATURES, data)
     assert selection.calibration == "none"
     assert model.calibrator is None
-    assert set(selection.calibration_log_loss) >= {"none", "sigmoid"}
-    assert (
-        min(selection.calibration_log_loss.values())
-        >= selection.calibration_log_loss["none"] - 1e-4
-    )
+    losses = selection.calibration_log_loss
+    assert set(losses) >= {"none", "sigmoid"}
+    assert min(losses.values()) >= losses["none"] - 1e-4
 
 
 def test_calibration_none_never_calibrates() -> None:
-    timid = train_params(
-        candidates={"lr": {"model": "logistic_regression", "hyperparams": {"C": 1e-4}}},
-        calibration="none",
+    model, selection = fit_candidate(
+        train_params(candidates={"deep": OVERCONFIDENT}, calibration="none"),
+        FEATURES,
+        linear_problem(n=1200),
     )
-    model, selection = fit_candidate(timid, FEATURES, linear_problem())
     assert selection.calibration == "none" and model.calibrator is None
+    assert selection.calibration_log_loss == {}
 
 
 def test_cv_rows_are_capped() -> None:
