@@ -12,6 +12,7 @@ import datetime as dt
 import html
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from driftloop import datastore, jsonio, stages
+from driftloop import baselines, datastore, jsonio, windows
 from driftloop.config import Params, Settings
-from driftloop.features import attach_labels, make_dataset
+from driftloop.features import attach_labels
 from driftloop.training import score
 
 INITIAL_TRIGGER = "replay: initial model"
@@ -132,22 +133,19 @@ def prepare_workspace(
 # -- predictions of each strategy ---------------------------------------------------------------
 
 
-def all_rows(params: Params, ws: Settings) -> pd.DataFrame:
-    """Every accepted row with every label that ever arrived: what the strategies are judged on."""
+def load_history(params: Params, ws: Settings) -> baselines.History:
+    """Every accepted row with every label that ever arrived, and when each label arrived:
+    what the strategies are judged on, and what the baselines are fitted from."""
     frame = datastore.load_accepted(ws.path(params.data.raw_dir), params)
-    if params.target.column is not None:
+    label_times = None
+    column, join = params.target.column, params.join_column
+    if column is not None and join is not None:
         labels = datastore.load_labels(ws.path(params.data.labels_dir), params, as_of=None)
+        own = frame[column].notna() if column in frame else pd.Series(False, index=frame.index)
         frame = attach_labels(frame, labels, params)
-    return frame
-
-
-def _features(params: Params, frame: pd.DataFrame) -> pd.DataFrame:
-    """Model inputs for every row (backward-looking, same as computing them step by step)."""
-    data = make_dataset(frame, params, labelled_only=False)
-    out = data.X.copy()
-    out["__time"] = data.timestamps.to_numpy()
-    out["__label"] = data.y.where(data.y >= 0).to_numpy()
-    return out
+        arrived = labels.set_index(join)[datastore.LABEL_TIME]
+        label_times = frame[join].map(arrived).where(~own)
+    return baselines.history(frame, params, label_times)
 
 
 def _assign(times: pd.Series, starts: list[dt.date]) -> np.ndarray:
@@ -166,28 +164,6 @@ def predict_with(models: list[Any], starts: list[dt.date], feats: pd.DataFrame) 
         if mask.any():
             proba[mask] = model.predict_proba(feats.loc[mask, columns])[:, 1]
     return proba
-
-
-def scheduled_models(
-    params: Params, ws: Settings, last: dt.date
-) -> tuple[list[Any], list[dt.date]]:
-    """Retrain every `retrain.schedule_every_days` on the retrain window and always deploy.
-
-    Each model is fitted exactly as a retrain's candidate is (same window, labels known then,
-    same training part), without the CV and holdout scoring that only the promotion gate reads.
-    """
-    first = dt.date.fromisoformat(params.replay.initial_until)
-    every = dt.timedelta(days=params.retrain.schedule_every_days)
-    starts = [first]
-    while starts[-1] + every < last:
-        starts.append(starts[-1] + every)
-    models = []
-    for i, start in enumerate(starts):
-        window = None if i == 0 else params.retrain.window_days
-        data = stages.load_training_data(params, ws, window, start.isoformat())
-        split = stages.build_features(params, data)
-        models.append(stages.train(params, split, cv=False).estimator)
-    return models, starts
 
 
 def strategy_metrics(
@@ -214,36 +190,54 @@ def strategy_metrics(
     }
 
 
+def plan_of(params: Params, steps: list[Step]) -> baselines.Plan:
+    """The baselines' settings for a replay of `steps` (params: the replay workspace's)."""
+    spec, retrain = params.replay, params.retrain
+    persistence = spec.persistence == "last_label" or (
+        spec.persistence == "auto" and params.target.forecast is not None
+    )
+    return baselines.Plan(
+        first=dt.date.fromisoformat(spec.initial_until),
+        calendar=[dt.date.fromisoformat(s.as_of) for s in steps],
+        loop_retrains=[dt.date.fromisoformat(s.as_of) for s in steps if s.retrained],
+        window=windows.of(retrain),
+        holdout_days=params.train.holdout_days,
+        threshold=params.evaluation.threshold,
+        cadences=list(spec.cadences),
+        random_seeds=spec.random_seeds,
+        persistence=persistence,
+        windows=[windows.of(retrain, kind) for kind in spec.windows],
+        schedule_every_days=retrain.schedule_every_days,
+    )
+
+
 def compare(
     params: Params, ws: Settings, steps: list[Step], loop_models: dict[str, Any]
 ) -> dict[str, Any]:
-    """Static vs scheduled vs drift-triggered on the same rows (after the first model)."""
-    first = dt.date.fromisoformat(params.replay.initial_until)
-    feats = _features(params, all_rows(params, ws))
-    feats = feats[feats["__time"] >= pd.Timestamp(first + dt.timedelta(days=1))]
-    feats = feats.reset_index(drop=True)
-    last = dt.date.fromisoformat(steps[-1].as_of) if steps else first
-    # The loop: the champion live when each batch arrived predicts that batch.
-    loop_starts = [dt.date.fromisoformat(s.batch_start) for s in steps]
-    loop = predict_with([loop_models[str(s.champion)] for s in steps], loop_starts, feats)
-    static_version = steps[0].champion if steps else None
-    static = predict_with([loop_models[str(static_version)]], [first], feats)
-    sched_models, sched_starts = scheduled_models(params, ws, last)
-    scheduled = predict_with(sched_models, [d + dt.timedelta(days=1) for d in sched_starts], feats)
-    judged = pd.DataFrame({"time": feats["__time"], "label": feats["__label"]})
-    threshold = params.evaluation.threshold
-    return {
-        "static": {**strategy_metrics(judged, static, threshold), "retrains": 0},
-        "scheduled": {
-            **strategy_metrics(judged, scheduled, threshold),
-            "retrains": len(sched_models) - 1,
-        },
-        "drift_triggered": {
-            **strategy_metrics(judged, loop, threshold),
-            "retrains": sum(s.retrained for s in steps),
-            "promotions": sum(s.promoted for s in steps),
-        },
+    """The loop, its first model and every baseline on the same rows (after the first model).
+
+    The loop's figures are its champions' predictions (the champion live when each batch
+    arrived predicts that batch); the baselines are fitted directly (see `baselines`).
+    """
+    if not steps:
+        return {}
+    started = time.monotonic()
+    hist = load_history(params, ws)
+    extra = {
+        "retrains": sum(s.retrained for s in steps),
+        "promotions": sum(s.promoted for s in steps),
     }
+    comparison = baselines.compare(
+        hist,
+        plan_of(params, steps),
+        params.train,
+        list(params.features.categorical),
+        [str(s.champion) for s in steps],
+        loop_models.__getitem__,
+        extra,
+    )
+    comparison[baselines.LOOP]["baseline_seconds"] = round(time.monotonic() - started, 1)
+    return comparison
 
 
 # -- report -------------------------------------------------------------------------------------
