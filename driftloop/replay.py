@@ -246,17 +246,210 @@ def compare(
 def write_report(
     out_dir: Path, steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]
 ) -> tuple[Path, Path]:
-    """report.json and report.html (plots: drift timeline, monthly ROC AUC per strategy)."""
+    """report.json and report.html: the verdict, every strategy and baseline, ROC AUC and log loss
+    against retrains, the drift timeline and monthly ROC AUC."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "comparison": comparison, "timeline": [asdict(s) for s in steps]}
+    judged = baselines.verdict(comparison)
+    payload = {
+        "meta": meta,
+        "verdict": judged,
+        "comparison": comparison,
+        "timeline": [asdict(s) for s in steps],
+    }
     json_path = out_dir / "report.json"
     jsonio.write_json(json_path, payload)
     html_path = out_dir / "report.html"
-    html_path.write_text(_html(steps, comparison, meta))
+    html_path.write_text(_html(steps, comparison, meta, judged))
     return json_path, html_path
 
 
-def _html(steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]) -> str:
+_KIND_NAMES = {
+    "loop": "the loop",
+    "no_model": "no model",
+    "reference": "reference model",
+    "cadence": "fixed schedule",
+    "random": "random trigger",
+    "window": "retrain window",
+}
+_SYMBOLS = {"cadence": "circle", "reference": "diamond", "window": "triangle-up", "loop": "star"}
+
+
+def _html(
+    steps: list[Step],
+    comparison: dict[str, Any],
+    meta: dict[str, Any],
+    judged: dict[str, Any] | None = None,
+) -> str:
+    judged = judged or baselines.verdict(comparison)
+    title = str(meta.get("title", "driftloop replay"))
+    notes = "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in meta.items()
+    )
+    sentences = "".join(f"<li>{html.escape(s)}</li>" for s in judged["sentences"])
+    charts = (
+        _retrains_figure(comparison).to_html(full_html=False, include_plotlyjs=True)
+        + _timeline_figure(steps, comparison).to_html(full_html=False, include_plotlyjs=False)
+        if comparison
+        else ""
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"<p class='verdict'>{html.escape(judged['headline'])}</p>"
+        f"<ul class='sentences'>{sentences}</ul>"
+        f"<h2>Every strategy and baseline, on the same {_judged_rows(comparison)} rows</h2>"
+        f"{_table(comparison)}<p class='note'>{html.escape(_NOTE)}</p>"
+        f"{charts}<h2>Run</h2><ul>{notes}</ul></body></html>"
+    )
+
+
+_NOTE = (
+    "The loop's figures are its champions' predictions, each batch predicted by the champion "
+    "live when it arrived. Baselines are fitted directly with scikit-learn (never registered, "
+    "never through the gates) on the rows the loop's candidate would learn from at the same "
+    "day: the retrain window, labels known that day, less the gate's holdout. Cadences, random "
+    "triggers and windows refit the loop's own candidate model; the reference model is a "
+    "regularised logistic regression (scaled, one-hot). Base rate and persistence use the first "
+    "model's training rows for their constants. Random trigger: mean +- standard deviation over "
+    "seeds [10th-90th percentile]."
+)
+
+
+def _judged_rows(comparison: dict[str, Any]) -> str:
+    counts = {r.get("n_predictions") for r in comparison.values()}
+    return str(counts.pop()) if len(counts) == 1 else "judged"
+
+
+def _table(comparison: dict[str, Any]) -> str:
+    head = (
+        "<tr><th>strategy</th><th>kind</th><th>ROC AUC</th><th>log loss</th><th>accuracy</th>"
+        "<th>retrains</th><th>promotions</th><th>loop beat it</th></tr>"
+    )
+    beaten = baselines.verdict(comparison).get("beaten", {})
+    rows = []
+    for key, r in comparison.items():
+        spread = key == "random"
+        cells = [
+            _spread(r, "roc_auc") if spread else _num(r.get("roc_auc")),
+            _spread(r, "log_loss") if spread else _num(r.get("log_loss")),
+            _num(r.get("accuracy")),
+        ]
+        won = beaten.get(key)
+        mark = "" if won is None else ("yes" if won else "no")
+        css = " class='loop'" if key == baselines.LOOP else ""
+        promotions = r.get("promotions")
+        rows.append(
+            f"<tr{css}><td>{html.escape(str(r.get('label', key)))}</td>"
+            f"<td>{_KIND_NAMES.get(r.get('kind', ''), '')}</td>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + f"<td>{r.get('retrains', '-')}</td>"
+            f"<td>{'-' if promotions is None else promotions}</td><td>{mark}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _spread(result: dict[str, Any], name: str) -> str:
+    return (
+        f"{_num(result.get(name))} +- {_num(result.get(name + '_sd'))} "
+        f"[{_num(result.get(name + '_p10'))}-{_num(result.get(name + '_p90'))}]"
+    )
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value == value else None
+
+
+def _retrains_figure(comparison: dict[str, Any]) -> Any:
+    """ROC AUC and log loss against the number of retrains, one marker per strategy."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("ROC AUC (higher is better)", "log loss (lower is better)"),
+        horizontal_spacing=0.08,
+    )
+    most = max([int(r.get("retrains") or 0) for r in comparison.values()] + [1])
+    for col, name in ((1, "roc_auc"), (2, "log_loss")):
+        first = col == 1
+        cadences = [r for r in comparison.values() if r.get("kind") == "cadence"]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["retrains"] for r in cadences],
+                y=[_finite(r.get(name)) for r in cadences],
+                text=[f"{r['every_days']}d" for r in cadences],
+                mode="lines+markers+text",
+                textposition="top center",
+                name="fixed cadences",
+                legendgroup="cadence",
+                showlegend=first,
+                line={"color": "#888"},
+            ),
+            row=1,
+            col=col,
+        )
+        for key, r in comparison.items():
+            kind = r.get("kind")
+            if kind == "cadence":
+                continue
+            label = str(r.get("label", key))
+            common = {"name": label, "legendgroup": key, "showlegend": first}
+            if kind == "no_model" or key == "static":
+                value = _finite(r.get(name))
+                dash = "dot" if key == "static" else "dash"
+                fig.add_trace(
+                    go.Scatter(
+                        x=[0, most],
+                        y=[value, value],
+                        mode="lines",
+                        line={"dash": dash},
+                        **common,
+                    ),
+                    row=1,
+                    col=col,
+                )
+            elif kind == "random":
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r["retrains"]],
+                        y=[_finite(r.get(name))],
+                        error_y={"type": "data", "array": [_finite(r.get(name + "_sd")) or 0.0]},
+                        mode="markers",
+                        marker={"symbol": "x", "size": 12},
+                        **common,
+                    ),
+                    row=1,
+                    col=col,
+                )
+            else:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r.get("retrains")],
+                        y=[_finite(r.get(name))],
+                        mode="markers",
+                        marker={
+                            "symbol": _SYMBOLS.get(str(kind), "circle"),
+                            "size": 18 if key == baselines.LOOP else 11,
+                        },
+                        **common,
+                    ),
+                    row=1,
+                    col=col,
+                )
+        fig.update_xaxes(title_text="retrains", row=1, col=col)
+    fig.update_layout(
+        height=560,
+        title="Accuracy of each strategy against what it cost (retrains)",
+        legend={"orientation": "h", "y": -0.18},
+        margin={"t": 80},
+    )
+    return fig
+
+
+def _timeline_figure(steps: list[Step], comparison: dict[str, Any]) -> Any:
+    """Drift timeline with retrains and promotions, and monthly ROC AUC of the main strategies."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -265,7 +458,7 @@ def _html(steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]) -
         cols=1,
         subplot_titles=(
             "Drifted share of monitored features per step (retrains and promotions marked)",
-            "Monthly ROC AUC of each strategy's predictions (the promotion metric)",
+            "Monthly ROC AUC of each strategy's predictions (click the legend for the others)",
         ),
         vertical_spacing=0.12,
     )
@@ -293,64 +486,42 @@ def _html(steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]) -
             row=1,
             col=1,
         )
+    shown = {baselines.LOOP, "static", "persistence", "reference", _best_cadence(comparison)}
     for name, result in comparison.items():
-        months = list(result["monthly"])
+        months = list(result.get("monthly", {}))
         fig.add_trace(
             go.Scatter(
                 x=months,
-                y=[result["monthly"][m]["roc_auc"] for m in months],
+                y=[_finite(result["monthly"][m]["roc_auc"]) for m in months],
                 mode="lines",
-                name=f"{name} ROC AUC",
+                name=f"{result.get('label', name)}",
+                visible=True if name in shown else "legendonly",
             ),
             row=2,
             col=1,
         )
-    title = str(meta.get("title", "driftloop replay"))
     fig.update_layout(height=800)
-    rows = "".join(
-        f"<tr><td>{name}</td><td>{r['n_predictions']}</td><td>{_num(r['accuracy'])}</td>"
-        f"<td>{_num(r['roc_auc'])}</td><td>{r['retrains']}</td>"
-        f"<td>{r.get('promotions', '-')}</td></tr>"
-        for name, r in comparison.items()
-    )
-    table = (
-        "<table><tr><th>strategy</th><th>predictions judged</th><th>accuracy</th>"
-        f"<th>ROC AUC</th><th>retrains</th><th>promotions</th></tr>{rows}</table>"
-    )
-    notes = "".join(
-        f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in meta.items()
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class='verdict'>{html.escape(_verdict(comparison))}</p>"
-        f"{table}"
-        + fig.to_html(full_html=False, include_plotlyjs=True)
-        + f"<h2>Run</h2><ul>{notes}</ul></body></html>"
-    )
+    return fig
+
+
+def _best_cadence(comparison: dict[str, Any]) -> str | None:
+    scored = [
+        (r["roc_auc"], k)
+        for k, r in comparison.items()
+        if r.get("kind") == "cadence" and _finite(r.get("roc_auc")) is not None
+    ]
+    return max(scored)[1] if scored else None
 
 
 _CSS = (
-    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
     "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;"
     "text-align:right}td:first-child,th:first-child{text-align:left}"
+    "tr.loop{background:#eef5ff;font-weight:600}"
     ".verdict{font-size:1.2em;background:#f3f6fa;padding:.6em 1em;border-left:4px solid #36c}"
+    ".sentences li{margin:.25em 0}.note{color:#555;font-size:.9em;max-width:1100px}"
 )
 
 
 def _num(value: Any) -> str:
     return "n/a" if value is None or value != value else f"{value:.4f}"
-
-
-def _verdict(comparison: dict[str, Any]) -> str:
-    """One sentence: which strategy predicted best, and at how many retrains."""
-    ranked = sorted(
-        comparison.items(),
-        key=lambda item: -(item[1]["roc_auc"] if item[1]["roc_auc"] == item[1]["roc_auc"] else 0),
-    )
-    best, result = ranked[0]
-    others = ", ".join(f"{n} {_num(r['roc_auc'])}" for n, r in ranked[1:])
-    return (
-        f"Best ROC AUC: {best.replace('_', '-')} {_num(result['roc_auc'])} with "
-        f"{result['retrains']} retrains (vs {others})."
-    )
