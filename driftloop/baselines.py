@@ -155,9 +155,10 @@ def last_known_labels(hist: History) -> np.ndarray:
 
 
 def persistence_scores(last: np.ndarray, y: np.ndarray, fit: np.ndarray) -> np.ndarray:
-    """Persistence as a probability: P(label = 1 | last known label), counted (+1 smoothing) on
-    the `fit` rows; rows without a known label yet get the base rate of those rows. The ranking
-    (ROC AUC) and the thresholded answer are those of "the last label again" itself."""
+    """Persistence as a probability, for log loss: P(label = 1 | last known label), counted
+    (+1 smoothing) on the `fit` rows; rows without a known label yet get the base rate of those
+    rows. It ranks rows as "the last label again" does (same ROC AUC); accuracy is judged on
+    that rule itself (`persistence_decisions`)."""
     rate = base_rate(y[fit])
     scores = np.full(len(last), rate)
     for value in (0.0, 1.0):
@@ -165,6 +166,11 @@ def persistence_scores(last: np.ndarray, y: np.ndarray, fit: np.ndarray) -> np.n
         positives = float(np.nansum(y[prior]))
         scores[last == value] = (positives + 1.0) / (len(prior) + 2.0)
     return scores
+
+
+def persistence_decisions(last: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The rule's answer: the last known label again (no label yet: the score at the threshold)."""
+    return np.where(np.isnan(last), scores >= threshold, last).astype(int)
 
 
 # -- retrain days ----------------------------------------------------------------------------------
@@ -320,13 +326,27 @@ def judged_rows(hist: History, first: dt.date, calendar: Sequence[dt.date]) -> J
 # -- metrics ---------------------------------------------------------------------------------------
 
 
-def metrics(judged: Judged, proba: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    """ROC AUC, log loss, accuracy (at the threshold) and Brier score overall and per month."""
-    overall = score(judged.y, proba, threshold)
+def metrics(
+    judged: Judged,
+    proba: np.ndarray,
+    threshold: float = 0.5,
+    decisions: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """ROC AUC, log loss, accuracy and Brier score overall and per month.
+
+    Accuracy is that of `decisions` (0/1) where given, else of `proba` at the threshold.
+    """
+
+    def scored(at: np.ndarray | slice) -> dict[str, float]:
+        got = score(judged.y[at], proba[at], threshold)
+        if decisions is not None and len(judged.y[at]):
+            got["accuracy"] = float(np.mean(decisions[at] == judged.y[at]))
+        return got
+
+    overall = scored(slice(None))
     monthly = {}
     for month in sorted(set(judged.months)):
-        at = judged.months == month
-        got = score(judged.y[at], proba[at], threshold)
+        got = scored(judged.months == month)
         monthly[str(month)] = {k: got[k] for k in ("roc_auc", "accuracy", "log_loss")}
     return {
         "n_predictions": len(judged.rows),
@@ -438,7 +458,9 @@ def compare(
             **judge(refits.predict(live, judged, fitted)),
             "retrains": made,
         }
-    skipped = sorted({f"{d.isoformat()} {k}" for d, _, k in refits.skipped})
+    skipped = sorted(
+        f"{d.isoformat()} {k} ({w.label if w else 'every row'})" for d, w, k in refits.skipped
+    )
     for result in out.values():
         result.setdefault("promotions", None)
     out[LOOP]["fits"] = {"direct": len(refits.models), "skipped": skipped}
@@ -460,10 +482,11 @@ def _no_model(hist: History, plan: Plan, judged: Judged) -> dict[str, dict[str, 
     if plan.persistence:
         last = last_known_labels(hist)
         scores = persistence_scores(last, hist.y, fit)
+        answer = persistence_decisions(last, scores, plan.threshold)
         out["persistence"] = {
             "label": "persistence: the last known label of the series (no model)",
             "kind": "no_model",
-            **metrics(judged, scores[judged.rows], plan.threshold),
+            **metrics(judged, scores[judged.rows], plan.threshold, answer[judged.rows]),
             "retrains": 0,
         }
     return out
@@ -484,9 +507,13 @@ def _value(result: dict[str, Any], name: str) -> float | None:
     return float(value) if _finite(value) else None
 
 
-def _pair(name: str, loop: float, other: float, lower_is_better: bool) -> str:
-    gain = (other - loop) if lower_is_better else (loop - other)
-    return f"{name} {loop:.3f} vs {other:.3f} ({'+' if gain >= 0 else '-'}{abs(gain):.3f})"
+def _pair(name: str, loop: float, other: float) -> str:
+    """`ROC AUC 0.712 vs 0.690 (+0.022)`: the loop's figure, the other's, and the difference."""
+    return f"{name} {loop:.3f} vs {other:.3f} ({loop - other:+.3f})"
+
+
+def _retrains(count: Any) -> str:
+    return "1 retrain" if count == 1 else f"{count} retrains"
 
 
 def beats(loop: dict[str, Any], other: dict[str, Any]) -> dict[str, bool | None]:
@@ -502,10 +529,10 @@ def versus(loop: dict[str, Any], other: dict[str, Any]) -> str:
     """One sentence: did the loop beat this baseline, on which metric, and by how much."""
     won = beats(loop, other)
     parts = [
-        _pair("ROC AUC", loop["roc_auc"], other["roc_auc"], False)
+        _pair("ROC AUC", loop["roc_auc"], other["roc_auc"])
         if won["roc_auc"] is not None
         else "ROC AUC not defined",
-        _pair("log loss", loop["log_loss"], other["log_loss"], True)
+        _pair("log loss", loop["log_loss"], other["log_loss"])
         if won["log_loss"] is not None
         else "log loss not defined",
     ]
@@ -520,7 +547,8 @@ def versus(loop: dict[str, Any], other: dict[str, Any]) -> str:
         head = "the loop beat it on ROC AUC, not on log loss"
     else:
         head = "the loop beat it on log loss, not on ROC AUC"
-    return f"{other['label']} ({other['retrains']} retrains): {head}: {'; '.join(parts)}."
+    cost = "" if other.get("kind") == "no_model" else f" ({_retrains(other.get('retrains'))})"
+    return f"{other['label']}{cost}: {head}: {'; '.join(parts)}."
 
 
 def versus_random(loop: dict[str, Any], random: dict[str, Any]) -> str:
@@ -547,10 +575,10 @@ def versus_best_cadence(loop: dict[str, Any], cadences: list[dict[str, Any]]) ->
     allowed = best["retrains"] * TARGET_RETRAIN_SHARE
     quality, economy = loop["roc_auc"] >= goal, loop["retrains"] <= allowed
     return (
-        f"Best fixed cadence: {best['label']} (ROC AUC {best['roc_auc']:.3f}, {best['retrains']} "
-        f"retrains). The loop's {loop['roc_auc']:.3f} is "
+        f"Best fixed cadence: {best['label']} (ROC AUC {best['roc_auc']:.3f}, "
+        f"{_retrains(best['retrains'])}). The loop's {loop['roc_auc']:.3f} is "
         f"{'at least' if quality else 'below'} its ROC AUC - {TARGET_AUC_SLACK} "
-        f"({loop['roc_auc'] - goal:+.3f}) with {loop['retrains']} retrains "
+        f"({loop['roc_auc'] - goal:+.3f}) with {_retrains(loop['retrains'])} "
         f"({'at most' if economy else 'more than'} half of its {best['retrains']}): "
         f"{'target met' if quality and economy else 'target missed'}."
     )

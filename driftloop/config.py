@@ -430,7 +430,7 @@ class RetrainParams(_Strict):
     window: WindowKind = "rolling"
     window_days: int | None = Field(365, ge=7)  # rolling: the most recent N days (None: all)
     season_days: int = Field(45, ge=1, le=182)  # seasonal: days either side of each anniversary
-    recent_days: int = Field(56, ge=1)  # seasonal: and the most recent N days
+    recent_days: int = Field(90, ge=1)  # seasonal: and the most recent N days
     schedule_every_days: int = Field(28, ge=1)  # the scheduled-only strategy, for comparison
 
 

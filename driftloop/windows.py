@@ -28,7 +28,7 @@ class Window:
     kind: WindowKind = "rolling"
     days: int | None = 365  # rolling: its length (None: every row)
     season_days: int = 45  # seasonal: days either side of each anniversary
-    recent_days: int = 56  # seasonal: the most recent days, always kept
+    recent_days: int = 90  # seasonal: the most recent days, always kept
 
     @property
     def label(self) -> str:
