@@ -475,6 +475,7 @@ def _no_model(hist: History, plan: Plan, judged: Judged) -> dict[str, dict[str, 
         "base_rate": {
             "label": f"base rate (constant {rate:.3f}, no model)",
             "kind": "no_model",
+            "constant": rate,
             **metrics(judged, np.full(len(judged.rows), rate), plan.threshold),
             "retrains": 0,
         }
