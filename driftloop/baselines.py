@@ -222,6 +222,7 @@ class Plan:
     persistence: bool = True
     windows: list[Window] = field(default_factory=list)  # compared at `schedule_every_days`
     schedule_every_days: int = 28
+    workers: int = 1  # direct fits at once
 
 
 FitKey = tuple[dt.date, Window | None, str]
@@ -242,6 +243,25 @@ class Refits:
         self.models: dict[FitKey, Any] = {}
         self.skipped: set[FitKey] = set()
         self._pieces: dict[tuple[Any, int], np.ndarray] = {}
+
+    def prefit(self, keys: Sequence[FitKey], workers: int = 1) -> None:
+        """Fit every key not fitted yet, `workers` at a time (threads: scikit-learn's fits run
+        outside the GIL, one OpenMP thread each)."""
+        todo = list(dict.fromkeys(k for k in keys if k not in self.models))
+        if workers <= 1 or len(todo) < 2:
+            for key in todo:
+                self.fit(key)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        # BLAS limits are process-wide: set (and restored) once here, not by racing threads
+        with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=workers) as pool:
+            for key, model in zip(todo, pool.map(self._fit, todo), strict=True):
+                self.models[key] = model
+                if model is None:
+                    self.skipped.add(key)
 
     def fit(self, key: FitKey) -> Any:
         """The model of `key` (None when its rows cannot train one: too few, or one class)."""
@@ -264,13 +284,20 @@ class Refits:
         with threadpool_limits(limits=1):  # small fits: threads cost more than they save
             return estimator.fit(X, y.astype(int))
 
+    def keys(
+        self, days: Sequence[dt.date], window: Window | None, kind: str = "candidate"
+    ) -> list[tuple[dt.date, FitKey]]:
+        """The fits of a schedule: the first model on every row up to the first day, then one
+        per day on the window."""
+        fitted: list[tuple[dt.date, FitKey]] = [(self.plan.first, (self.plan.first, None, kind))]
+        return fitted + [(d, (d, window, kind)) for d in days]
+
     def schedule(
         self, days: Sequence[dt.date], window: Window | None, kind: str = "candidate"
     ) -> tuple[list[Any], int]:
-        """The model serving each step when refitting on `days` (the first model: every row up
-        to the first day), and how many refits produced a model."""
-        fitted: list[tuple[dt.date, FitKey]] = [(self.plan.first, (self.plan.first, None, kind))]
-        fitted += [(d, (d, window, kind)) for d in days]
+        """The model serving each step when refitting on `days`, and how many refits produced a
+        model (a refit that cannot train keeps the previous model)."""
+        fitted = self.keys(days, window, kind)
         live: list[Any] = []
         made, i, current = 0, 0, None
         previous = self.plan.first
@@ -403,6 +430,9 @@ def compare(
     refits = Refits(hist, train, categorical, plan)
     fitted = refits.models.__getitem__
     out: dict[str, dict[str, Any]] = {}
+    loop_days = [d for d in plan.loop_retrains if d < plan.calendar[-1]]
+    schedules = refit_schedules(plan, loop_days)
+    refits.prefit([k for s in schedules.values() for _, k in refits.keys(*s)], plan.workers)
 
     def judge(proba: np.ndarray) -> dict[str, Any]:
         return metrics(judged, proba, plan.threshold)
@@ -417,8 +447,7 @@ def compare(
         "retrains": 0,
     }
     out.update(_no_model(hist, plan, judged))
-    loop_days = [d for d in plan.loop_retrains if d < plan.calendar[-1]]
-    live, made = refits.schedule(loop_days, plan.window, "reference")
+    live, made = refits.schedule(*schedules["reference"])
     out["reference"] = {
         "label": "logistic regression refitted at the loop's retrains",
         "kind": "reference",
@@ -426,7 +455,7 @@ def compare(
         "retrains": made,
     }
     for every in plan.cadences:
-        live, made = refits.schedule(cadence_days(plan.calendar, plan.first, every), plan.window)
+        live, made = refits.schedule(*schedules[f"every_{every}d"])
         out[f"every_{every}d"] = {
             "label": f"every {every} days",
             "kind": "cadence",
@@ -436,7 +465,7 @@ def compare(
         }
     draws = []
     for seed in range(plan.random_seeds):
-        live, made = refits.schedule(random_days(plan.calendar, len(loop_days), seed), plan.window)
+        live, made = refits.schedule(*schedules[f"random_{seed}"])
         proba = refits.predict(live, judged, fitted)
         draws.append({"seed": seed, "retrains": made, **judge(proba)})
     out["random"] = {
@@ -449,7 +478,7 @@ def compare(
     }
     every = plan.schedule_every_days
     for window in plan.windows:
-        live, made = refits.schedule(cadence_days(plan.calendar, plan.first, every), window)
+        live, made = refits.schedule(*schedules[f"window_{window.kind}"])
         mark = " (the loop's)" if window == plan.window else ""
         out[f"window_{window.kind}"] = {
             "label": f"{window.label} window{mark}, every {every} days",
@@ -464,6 +493,24 @@ def compare(
     for result in out.values():
         result.setdefault("promotions", None)
     out[LOOP]["fits"] = {"direct": len(refits.models), "skipped": skipped}
+    return out
+
+
+Schedule = tuple[list[dt.date], Window | None, str]
+
+
+def refit_schedules(plan: Plan, loop_days: list[dt.date]) -> dict[str, Schedule]:
+    """The refit days, window and model of every refitted baseline."""
+    on = plan.window
+    out: dict[str, Schedule] = {"reference": (loop_days, on, "reference")}
+    for every in plan.cadences:
+        out[f"every_{every}d"] = (cadence_days(plan.calendar, plan.first, every), on, "candidate")
+    for seed in range(plan.random_seeds):
+        days = random_days(plan.calendar, len(loop_days), seed)
+        out[f"random_{seed}"] = (days, on, "candidate")
+    due = cadence_days(plan.calendar, plan.first, plan.schedule_every_days)
+    for window in plan.windows:
+        out[f"window_{window.kind}"] = (due, window, "candidate")
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import html
+import os
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from driftloop.features import attach_labels
 from driftloop.training import score
 
 INITIAL_TRIGGER = "replay: initial model"
+FIT_WORKERS = 2  # the baselines' direct fits at once (threads)
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,7 @@ def plan_of(params: Params, steps: list[Step]) -> baselines.Plan:
         persistence=persistence,
         windows=[windows.of(retrain, kind) for kind in spec.windows],
         schedule_every_days=retrain.schedule_every_days,
+        workers=min(FIT_WORKERS, os.cpu_count() or 1),
     )
 
 

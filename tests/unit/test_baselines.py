@@ -277,6 +277,22 @@ def test_compare_judges_every_strategy_on_the_same_rows() -> None:
     assert verdict["beaten"]["every_7d"] is False
 
 
+def test_fits_made_two_at_a_time_are_the_same_models() -> None:
+    hist = synthetic()
+    plan = weekly_plan()
+    serial, pooled = (baselines.Refits(hist, LR, [], plan) for _ in range(2))
+    keys = [
+        k
+        for s in baselines.refit_schedules(plan, plan.loop_retrains).values()
+        for _, k in serial.keys(*s)
+    ]
+    serial.prefit(keys, workers=1)
+    pooled.prefit(keys, workers=2)
+    assert set(serial.models) == set(pooled.models) == set(keys)
+    for key in keys:
+        assert (serial.models[key][-1].coef_ == pooled.models[key][-1].coef_).all()
+
+
 # -- the verdict -----------------------------------------------------------------------------------
 
 
