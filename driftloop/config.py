@@ -478,8 +478,19 @@ class MonitorParams(_Strict):
     triggers: list[TriggerName] = Field(default_factory=lambda: list(DEFAULT_TRIGGERS))
 
 
+WindowKind = Literal["rolling", "growing", "seasonal"]
+WINDOW_KINDS: tuple[WindowKind, ...] = ("rolling", "growing", "seasonal")
+
+
 class RetrainParams(_Strict):
-    window_days: int | None = Field(365, ge=7)  # train on the most recent N days (None: all)
+    """Which accepted rows a retrain learns from (`window`), and the schedule compared with."""
+
+    # rolling: the most recent window_days; growing: all history; seasonal: the same season of
+    # earlier years (the retrain day's anniversaries +- season_days) plus the last recent_days
+    window: WindowKind = "rolling"
+    window_days: int | None = Field(365, ge=7)  # rolling: the most recent N days (None: all)
+    season_days: int = Field(45, ge=1, le=182)  # seasonal: days either side of each anniversary
+    recent_days: int = Field(90, ge=1)  # seasonal: and the most recent N days
     schedule_every_days: int = Field(28, ge=1)  # the scheduled-only strategy, for comparison
 
 
@@ -543,8 +554,24 @@ class ReplayParams(_Strict):
     holdout_days: int = Field(30, ge=1)  # shorter holdout for the short early history
     report_dir: str = "reports/replay"
     title: str = "driftloop replay"
+    # Baselines judged on the same rows as the loop (fitted directly, never registered):
+    cadences: list[int] = Field(default_factory=lambda: [7, 14, 28, 56, 91])  # fixed schedules
+    random_seeds: int = Field(10, ge=2)  # random triggers with the loop's retrain count
+    # "tomorrow as today": each row scored with the last label known at its time in its series
+    # (entity); auto: on for a forecast target, off for labels that arrive on their own
+    persistence: Literal["auto", "last_label", "off"] = "auto"
+    windows: list[WindowKind] = Field(  # retrain windows compared at retrain.schedule_every_days
+        default_factory=lambda: list(WINDOW_KINDS)
+    )
 
     _dates = field_validator("initial_until", "end", mode="before")(_iso_date)
+
+    @field_validator("cadences")
+    @classmethod
+    def _cadences(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError("must be whole days >= 1")
+        return sorted(set(value))
 
     @field_validator("end")
     @classmethod

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import html
+import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from driftloop import datastore, jsonio, labels, stages
+from driftloop import baselines, datastore, jsonio, labels, windows
 from driftloop.config import Params, Settings
-from driftloop.features import make_dataset
-from driftloop.training import score, threshold_of
+from driftloop.training import score
 
 INITIAL_TRIGGER = "replay: initial model"
+FIT_WORKERS = 2  # the baselines' direct fits at once (threads)
 
 
 @dataclass(frozen=True)
@@ -137,22 +139,20 @@ def prepare_workspace(
 # -- predictions of each strategy ---------------------------------------------------------------
 
 
-def all_rows(params: Params, ws: Settings) -> pd.DataFrame:
-    """Every accepted row with every label that ever arrived: what the strategies are judged on."""
+def load_history(params: Params, ws: Settings) -> baselines.History:
+    """Every accepted row with every label that ever arrived, and when each label arrived:
+    what the strategies are judged on, and what the baselines are fitted from."""
     frame = datastore.load_accepted(ws.path(params.data.raw_dir), params)
-    if params.target.column is not None:
-        known = labels.known_labels(params, ws, None, feedback=False)
+    label_times = None
+    column, join = params.target.column, params.join_column
+    if column is not None and join is not None:
+        known = labels.first_known(labels.known_labels(params, ws, None, feedback=False), None)
+        own = frame[column].notna() if column in frame else pd.Series(False, index=frame.index)
         frame = labels.attach(frame, known, params)
-    return frame
-
-
-def _features(params: Params, frame: pd.DataFrame) -> pd.DataFrame:
-    """Model inputs for every row (backward-looking, same as computing them step by step)."""
-    data = make_dataset(frame, params, labelled_only=False)
-    out = data.X.copy()
-    out["__time"] = data.timestamps.to_numpy()
-    out["__label"] = data.y.where(data.y >= 0).to_numpy()
-    return out
+        wanted, have = labels.comparable(frame[join], known[labels.KEY])
+        arrived = pd.Series(known[datastore.LABEL_TIME].to_numpy(), index=have.to_numpy())
+        label_times = pd.Series(wanted.map(arrived).to_numpy(), index=frame.index).where(~own)
+    return baselines.history(frame, params, label_times)
 
 
 def _assign(times: pd.Series, starts: list[dt.date]) -> np.ndarray:
@@ -171,41 +171,6 @@ def predict_with(models: list[Any], starts: list[dt.date], feats: pd.DataFrame) 
         if mask.any():
             proba[mask] = model.predict_proba(feats.loc[mask, columns])[:, 1]
     return proba
-
-
-def thresholds_with(
-    models: list[Any], starts: list[dt.date], feats: pd.DataFrame, default: float
-) -> np.ndarray:
-    """The decision threshold of the model live on each row's day (its own, else `default`)."""
-    which = _assign(feats["__time"], starts)
-    cuts = np.array([threshold_of(m, default) for m in models] + [default])
-    return cuts[np.where(which >= 0, which, len(models))]
-
-
-def scheduled_models(
-    params: Params, ws: Settings, last: dt.date
-) -> tuple[list[Any], list[dt.date]]:
-    """Retrain every `retrain.schedule_every_days` on the retrain window and always deploy.
-
-    Each model is fitted exactly as a retrain's candidate is (same window, labels known then,
-    same training part, same model selection, calibration and threshold), without the holdout
-    scoring that only the promotion gate reads.
-    """
-    first = dt.date.fromisoformat(params.replay.initial_until)
-    every = dt.timedelta(days=params.retrain.schedule_every_days)
-    starts = [first]
-    while starts[-1] + every < last:
-        starts.append(starts[-1] + every)
-    models = []
-    for i, start in enumerate(starts):
-        window = None if i == 0 else params.retrain.window_days
-        data = stages.load_training_data(params, ws, window, start.isoformat())
-        split = stages.build_features(params, data)
-        model = stages.train(params, split).estimator
-        if params.train.refit:  # always deployed: refitted on the whole window, as a winner is
-            model = stages.refit_on_window(model, make_dataset(data.frame, params))
-        models.append(model)
-    return models, starts
 
 
 def strategy_metrics(
@@ -237,41 +202,56 @@ def strategy_metrics(
     }
 
 
+def plan_of(params: Params, steps: list[Step]) -> baselines.Plan:
+    """The baselines' settings for a replay of `steps` (params: the replay workspace's)."""
+    spec, retrain = params.replay, params.retrain
+    persistence = spec.persistence == "last_label" or (
+        spec.persistence == "auto" and params.target.forecast is not None
+    )
+    return baselines.Plan(
+        first=dt.date.fromisoformat(spec.initial_until),
+        calendar=[dt.date.fromisoformat(s.as_of) for s in steps],
+        loop_retrains=[dt.date.fromisoformat(s.as_of) for s in steps if s.retrained],
+        window=windows.of(retrain),
+        holdout_days=params.train.holdout_days,
+        refit=params.train.refit,  # as a gate winner, the candidate is refitted on its window
+        threshold=params.evaluation.threshold,
+        cadences=list(spec.cadences),
+        random_seeds=spec.random_seeds,
+        persistence=persistence,
+        windows=[windows.of(retrain, kind) for kind in spec.windows],
+        schedule_every_days=retrain.schedule_every_days,
+        workers=min(FIT_WORKERS, os.cpu_count() or 1),
+    )
+
+
 def compare(
     params: Params, ws: Settings, steps: list[Step], loop_models: dict[str, Any]
 ) -> dict[str, Any]:
-    """Static vs scheduled vs drift-triggered on the same rows (after the first model)."""
-    first = dt.date.fromisoformat(params.replay.initial_until)
-    feats = _features(params, all_rows(params, ws))
-    feats = feats[feats["__time"] >= pd.Timestamp(first + dt.timedelta(days=1))]
-    feats = feats.reset_index(drop=True)
-    last = dt.date.fromisoformat(steps[-1].as_of) if steps else first
-    # The loop: the champion live when each batch arrived predicts that batch.
-    loop_starts = [dt.date.fromisoformat(s.batch_start) for s in steps]
-    live = [loop_models[str(s.champion)] for s in steps]
-    loop = predict_with(live, loop_starts, feats)
-    static_version = steps[0].champion if steps else None
-    static = predict_with([loop_models[str(static_version)]], [first], feats)
-    sched_models, sched_starts = scheduled_models(params, ws, last)
-    sched_days = [d + dt.timedelta(days=1) for d in sched_starts]
-    scheduled = predict_with(sched_models, sched_days, feats)
-    judged = pd.DataFrame({"time": feats["__time"], "label": feats["__label"]})
-    default = params.evaluation.threshold
-    static_cut = thresholds_with([loop_models[str(static_version)]], [first], feats, default)
-    return {
-        "static": {**strategy_metrics(judged, static, static_cut), "retrains": 0},
-        "scheduled": {
-            **strategy_metrics(
-                judged, scheduled, thresholds_with(sched_models, sched_days, feats, default)
-            ),
-            "retrains": len(sched_models) - 1,
-        },
-        "drift_triggered": {
-            **strategy_metrics(judged, loop, thresholds_with(live, loop_starts, feats, default)),
-            "retrains": sum(s.retrained for s in steps),
-            "promotions": sum(s.promoted for s in steps),
-        },
+    """The loop, its first model and every baseline on the same rows (after the first model).
+
+    The loop's figures are its champions' predictions (the champion live when each batch
+    arrived predicts that batch); the baselines are fitted directly (see `baselines`).
+    """
+    if not steps:
+        return {}
+    started = time.monotonic()
+    hist = load_history(params, ws)
+    extra = {
+        "retrains": sum(s.retrained for s in steps),
+        "promotions": sum(s.promoted for s in steps),
     }
+    comparison = baselines.compare(
+        hist,
+        plan_of(params, steps),
+        params.train,
+        list(params.features.categorical),
+        [str(s.champion) for s in steps],
+        loop_models.__getitem__,
+        extra,
+    )
+    comparison[baselines.LOOP]["baseline_seconds"] = round(time.monotonic() - started, 1)
+    return comparison
 
 
 def realised_by_step(
@@ -280,20 +260,23 @@ def realised_by_step(
     """Each step's monitoring window scored, once every label has landed, by the champion that
     was monitored then; and how close the step's CBPE estimate came (share within +-0.03)."""
     from driftloop.estimation import estimation_error
+    from driftloop.training import predict_proba, threshold_of
 
-    feats = _features(params, all_rows(params, ws))
-    columns = [c for c in feats.columns if not c.startswith("__")]
+    hist = load_history(params, ws)
+    times = pd.Series(hist.times)
     days = params.monitor.window_days
     out = []
     for step in steps:
         end = pd.Timestamp(dt.date.fromisoformat(step.as_of)) + pd.Timedelta(days=1)
-        inside = (feats["__time"] >= end - pd.Timedelta(days=days)) & (feats["__time"] < end)
-        rows = feats[inside & feats["__label"].notna()]
-        if rows.empty or str(step.champion) not in loop_models:
+        inside = (times >= end - pd.Timedelta(days=days)) & (times < end)
+        rows = np.flatnonzero(inside.to_numpy() & ~np.isnan(hist.y))
+        if not len(rows) or str(step.champion) not in loop_models:
             out.append(step)
             continue
-        proba = loop_models[str(step.champion)].predict_proba(rows[columns])[:, 1]
-        metrics = score(rows["__label"].to_numpy(dtype=int), proba, params.evaluation.threshold)
+        model = loop_models[str(step.champion)]
+        proba = predict_proba(model, hist.X.iloc[rows])
+        cut = threshold_of(model, params.evaluation.threshold)
+        metrics = score(hist.y[rows].astype(int), proba, cut)
         out.append(
             replace(
                 step,
@@ -312,27 +295,216 @@ def realised_by_step(
     return out, summary
 
 
-def _finite(value: float) -> float | None:
-    return value if np.isfinite(value) else None
-
-
 # -- report -------------------------------------------------------------------------------------
 
 
 def write_report(
     out_dir: Path, steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]
 ) -> tuple[Path, Path]:
-    """report.json and report.html (plots: drift timeline, monthly ROC AUC per strategy)."""
+    """report.json and report.html: the verdict, every strategy and baseline, ROC AUC and log loss
+    against retrains, the drift timeline and monthly ROC AUC."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "comparison": comparison, "timeline": [asdict(s) for s in steps]}
+    judged = baselines.verdict(comparison)
+    payload = {
+        "meta": meta,
+        "verdict": judged,
+        "comparison": comparison,
+        "timeline": [asdict(s) for s in steps],
+    }
     json_path = out_dir / "report.json"
     jsonio.write_json(json_path, payload)
     html_path = out_dir / "report.html"
-    html_path.write_text(_html(steps, comparison, meta))
+    html_path.write_text(_html(steps, comparison, meta, judged))
     return json_path, html_path
 
 
-def _html(steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]) -> str:
+_KIND_NAMES = {
+    "loop": "the loop",
+    "no_model": "no model",
+    "reference": "reference model",
+    "cadence": "fixed schedule",
+    "random": "random trigger",
+    "window": "retrain window",
+}
+_SYMBOLS = {"cadence": "circle", "reference": "diamond", "window": "triangle-up", "loop": "star"}
+
+
+def _html(
+    steps: list[Step],
+    comparison: dict[str, Any],
+    meta: dict[str, Any],
+    judged: dict[str, Any] | None = None,
+) -> str:
+    judged = judged or baselines.verdict(comparison)
+    title = str(meta.get("title", "driftloop replay"))
+    notes = "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in meta.items()
+    )
+    sentences = "".join(f"<li>{html.escape(s)}</li>" for s in judged["sentences"])
+    charts = (
+        _retrains_figure(comparison).to_html(full_html=False, include_plotlyjs=True)
+        + _timeline_figure(steps, comparison).to_html(full_html=False, include_plotlyjs=False)
+        if comparison
+        else ""
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"<p class='verdict'>{html.escape(judged['headline'])}</p>"
+        f"<ul class='sentences'>{sentences}</ul>"
+        f"<h2>Every strategy and baseline, on the same {_judged_rows(comparison)} rows</h2>"
+        f"{_table(comparison)}<p class='note'>{html.escape(_NOTE)}</p>"
+        f"{charts}<h2>Run</h2><ul>{notes}</ul></body></html>"
+    )
+
+
+_NOTE = (
+    "The loop's figures are its champions' predictions, each batch predicted by the champion "
+    "live when it arrived. Baselines are fitted directly with scikit-learn (never registered, "
+    "never through the gates) on the rows the loop's candidate would learn from at the same "
+    "day: the retrain window, labels known that day, less the gate's holdout. Cadences, random "
+    "triggers and windows refit the loop's own candidate model; the reference model is a "
+    "regularised logistic regression (scaled, one-hot). Base rate and persistence use the first "
+    "model's training rows for their constants. Random trigger: mean +- standard deviation over "
+    "seeds [10th-90th percentile]."
+)
+
+
+def _judged_rows(comparison: dict[str, Any]) -> str:
+    counts = {r.get("n_predictions") for r in comparison.values()}
+    return str(counts.pop()) if len(counts) == 1 else "judged"
+
+
+def _table(comparison: dict[str, Any]) -> str:
+    head = (
+        "<tr><th>strategy</th><th>kind</th><th>ROC AUC</th><th>log loss</th><th>accuracy</th>"
+        "<th>retrains</th><th>promotions</th><th>loop beat it</th></tr>"
+    )
+    beaten = baselines.verdict(comparison).get("beaten", {})
+    rows = []
+    for key, r in comparison.items():
+        spread = key == "random"
+        cells = [
+            _spread(r, "roc_auc") if spread else _num(r.get("roc_auc")),
+            _spread(r, "log_loss") if spread else _num(r.get("log_loss")),
+            _num(r.get("accuracy")),
+        ]
+        won = beaten.get(key)
+        mark = "" if won is None else ("yes" if won else "no")
+        css = " class='loop'" if key == baselines.LOOP else ""
+        promotions = r.get("promotions")
+        rows.append(
+            f"<tr{css}><td>{html.escape(str(r.get('label', key)))}</td>"
+            f"<td>{_KIND_NAMES.get(r.get('kind', ''), '')}</td>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + f"<td>{r.get('retrains', '-')}</td>"
+            f"<td>{'-' if promotions is None else promotions}</td><td>{mark}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _spread(result: dict[str, Any], name: str) -> str:
+    return (
+        f"{_num(result.get(name))} +- {_num(result.get(name + '_sd'))} "
+        f"[{_num(result.get(name + '_p10'))}-{_num(result.get(name + '_p90'))}]"
+    )
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value == value else None
+
+
+def _retrains_figure(comparison: dict[str, Any]) -> Any:
+    """ROC AUC and log loss against the number of retrains, one marker per strategy."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("ROC AUC (higher is better)", "log loss (lower is better)"),
+        horizontal_spacing=0.08,
+    )
+    most = max([int(r.get("retrains") or 0) for r in comparison.values()] + [1])
+    for col, name in ((1, "roc_auc"), (2, "log_loss")):
+        first = col == 1
+        cadences = [r for r in comparison.values() if r.get("kind") == "cadence"]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["retrains"] for r in cadences],
+                y=[_finite(r.get(name)) for r in cadences],
+                text=[f"{r['every_days']}d" for r in cadences],
+                mode="lines+markers+text",
+                textposition="top center",
+                name="fixed cadences",
+                legendgroup="cadence",
+                showlegend=first,
+                line={"color": "#888"},
+            ),
+            row=1,
+            col=col,
+        )
+        for key, r in comparison.items():
+            kind = r.get("kind")
+            if kind == "cadence":
+                continue
+            label = str(r.get("label", key))
+            common = {"name": label, "legendgroup": key, "showlegend": first}
+            if kind == "no_model" or key == "static":
+                value = _finite(r.get(name))
+                dash = "dot" if key == "static" else "dash"
+                fig.add_trace(
+                    go.Scatter(
+                        x=[0, most],
+                        y=[value, value],
+                        mode="lines",
+                        line={"dash": dash},
+                        **common,
+                    ),
+                    row=1,
+                    col=col,
+                )
+            elif kind == "random":
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r["retrains"]],
+                        y=[_finite(r.get(name))],
+                        error_y={"type": "data", "array": [_finite(r.get(name + "_sd")) or 0.0]},
+                        mode="markers",
+                        marker={"symbol": "x", "size": 12},
+                        **common,
+                    ),
+                    row=1,
+                    col=col,
+                )
+            else:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r.get("retrains")],
+                        y=[_finite(r.get(name))],
+                        mode="markers",
+                        marker={
+                            "symbol": _SYMBOLS.get(str(kind), "circle"),
+                            "size": 18 if key == baselines.LOOP else 11,
+                        },
+                        **common,
+                    ),
+                    row=1,
+                    col=col,
+                )
+        fig.update_xaxes(title_text="retrains", row=1, col=col)
+    fig.update_layout(
+        height=560,
+        title="Accuracy of each strategy against what it cost (retrains)",
+        legend={"orientation": "h", "y": -0.18},
+        margin={"t": 80},
+    )
+    return fig
+
+
+def _timeline_figure(steps: list[Step], comparison: dict[str, Any]) -> Any:
+    """Drift timeline with retrains and promotions, and monthly ROC AUC of the main strategies."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -341,7 +513,7 @@ def _html(steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]) -
         cols=1,
         subplot_titles=(
             "Drifted share of monitored features per step (retrains and promotions marked)",
-            "Monthly ROC AUC of each strategy's predictions (the promotion metric)",
+            "Monthly ROC AUC of each strategy's predictions (click the legend for the others)",
         ),
         vertical_spacing=0.12,
     )
@@ -369,64 +541,42 @@ def _html(steps: list[Step], comparison: dict[str, Any], meta: dict[str, Any]) -
             row=1,
             col=1,
         )
+    shown = {baselines.LOOP, "static", "persistence", "reference", _best_cadence(comparison)}
     for name, result in comparison.items():
-        months = list(result["monthly"])
+        months = list(result.get("monthly", {}))
         fig.add_trace(
             go.Scatter(
                 x=months,
-                y=[result["monthly"][m]["roc_auc"] for m in months],
+                y=[_finite(result["monthly"][m]["roc_auc"]) for m in months],
                 mode="lines",
-                name=f"{name} ROC AUC",
+                name=f"{result.get('label', name)}",
+                visible=True if name in shown else "legendonly",
             ),
             row=2,
             col=1,
         )
-    title = str(meta.get("title", "driftloop replay"))
     fig.update_layout(height=800)
-    rows = "".join(
-        f"<tr><td>{name}</td><td>{r['n_predictions']}</td><td>{_num(r['accuracy'])}</td>"
-        f"<td>{_num(r['roc_auc'])}</td><td>{r['retrains']}</td>"
-        f"<td>{r.get('promotions', '-')}</td></tr>"
-        for name, r in comparison.items()
-    )
-    table = (
-        "<table><tr><th>strategy</th><th>predictions judged</th><th>accuracy</th>"
-        f"<th>ROC AUC</th><th>retrains</th><th>promotions</th></tr>{rows}</table>"
-    )
-    notes = "".join(
-        f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in meta.items()
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class='verdict'>{html.escape(_verdict(comparison))}</p>"
-        f"{table}"
-        + fig.to_html(full_html=False, include_plotlyjs=True)
-        + f"<h2>Run</h2><ul>{notes}</ul></body></html>"
-    )
+    return fig
+
+
+def _best_cadence(comparison: dict[str, Any]) -> str | None:
+    scored = [
+        (r["roc_auc"], k)
+        for k, r in comparison.items()
+        if r.get("kind") == "cadence" and _finite(r.get("roc_auc")) is not None
+    ]
+    return max(scored)[1] if scored else None
 
 
 _CSS = (
-    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
     "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;"
     "text-align:right}td:first-child,th:first-child{text-align:left}"
+    "tr.loop{background:#eef5ff;font-weight:600}"
     ".verdict{font-size:1.2em;background:#f3f6fa;padding:.6em 1em;border-left:4px solid #36c}"
+    ".sentences li{margin:.25em 0}.note{color:#555;font-size:.9em;max-width:1100px}"
 )
 
 
 def _num(value: Any) -> str:
     return "n/a" if value is None or value != value else f"{value:.4f}"
-
-
-def _verdict(comparison: dict[str, Any]) -> str:
-    """One sentence: which strategy predicted best, and at how many retrains."""
-    ranked = sorted(
-        comparison.items(),
-        key=lambda item: -(item[1]["roc_auc"] if item[1]["roc_auc"] == item[1]["roc_auc"] else 0),
-    )
-    best, result = ranked[0]
-    others = ", ".join(f"{n} {_num(r['roc_auc'])}" for n, r in ranked[1:])
-    return (
-        f"Best ROC AUC: {best.replace('_', '-')} {_num(result['roc_auc'])} with "
-        f"{result['retrains']} retrains (vs {others})."
-    )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from driftloop import datastore, jsonio, labels, versioning
+from driftloop import datastore, jsonio, labels, versioning, windows
 from driftloop.config import Candidate, Params, Settings
 from driftloop.errors import TrainingError
 from driftloop.features import Dataset, make_dataset, split_by_time
@@ -26,6 +26,7 @@ from driftloop.lineage import Lineage, Verdict
 from driftloop.promotion import Decision, decide_promotion
 from driftloop.registry import ModelRef
 from driftloop.training import Evaluation, Selection, TrainedModel, evaluate, fit_candidate
+from driftloop.windows import Window
 
 # -- the data a model is trained on --------------------------------------------------------------
 
@@ -76,10 +77,11 @@ def end_of(day: str | dt.date | None) -> pd.Timestamp | None:
 def load_training_data(
     params: Params,
     settings: Settings,
-    window_days: int | None = None,
+    window: int | Window | None = None,
     until: str | None = None,
 ) -> TrainingData:
-    """Accepted rows up to `until` (all, or the most recent `window_days`), labels as of then."""
+    """Accepted rows up to `until` in the retrain `window` (a number: the most recent N days;
+    None: all rows), labels as of then."""
     data = params.data
     stop = end_of(until)
     frame = datastore.load_accepted(settings.path(data.raw_dir), params, until=stop)
@@ -89,9 +91,12 @@ def load_training_data(
         known = labels.known_labels(params, settings, as_of, feedback=False)
         frame = labels.attach(frame, known, params, as_of)
     since = None
-    if window_days is not None and len(frame):
-        since = frame[data.timestamp_column].max() - pd.Timedelta(days=window_days)
-        frame = frame[frame[data.timestamp_column] > since].reset_index(drop=True)
+    policy = windows.as_window(window)
+    if policy is not None and len(frame):
+        times = frame[data.timestamp_column]
+        keep = windows.select(times, times.max(), policy)
+        since = windows.since(times, times.max(), policy, keep)
+        frame = frame.loc[keep].reset_index(drop=True)
     return TrainingData(
         frame,
         versioning.recorded_md5(settings.project, settings.path(data.raw_dir)),
@@ -604,7 +609,7 @@ class TrainRequest:
     """Why and on what to train: the trigger, the data window and whether to run the gate."""
 
     trigger: str = "manual"
-    window_days: int | None = None
+    window: int | Window | None = None  # days of a rolling window, a policy, or None: all rows
     until: str | None = None
     promote: bool = True
     validation: dict[str, Any] | None = None
@@ -668,7 +673,7 @@ def train_and_promote(
     params: Params, settings: Settings, request: TrainRequest, steps: Steps = PLAIN
 ) -> TrainOutcome:
     """The training sequence: data, features, fit, holdout metrics, register, promotion gate."""
-    data = steps.load_training_data(params, settings, request.window_days, request.until)
+    data = steps.load_training_data(params, settings, request.window, request.until)
     split = steps.build_features(params, data)
     fitted = steps.train(params, split)
     trained = steps.evaluate(params, fitted, split)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from driftloop import experiments, monitoring, stages
+from driftloop import experiments, monitoring, stages, windows
 from driftloop.config import flow_target
 from flows.training import context
 from tasks import monitoring as m
@@ -29,8 +29,8 @@ def retrain_flow(
     params, settings = context(project, params_file, home, tracking_uri)
     t.version_data(params, settings)
     validation = t.validate(params, settings)
-    days = window_days if window_days is not None else params.retrain.window_days
-    request = stages.TrainRequest(f"retrain: {reason}", days, until, validation=validation)
+    window = window_days if window_days is not None else windows.of(params.retrain)
+    request = stages.TrainRequest(f"retrain: {reason}", window, until, validation=validation)
     return stages.train_and_promote(params, settings, request, t.STEPS).to_dict()
 
 

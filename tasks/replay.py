@@ -12,7 +12,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from driftloop import ingest, monitoring, online, registry, replay
+from driftloop import baselines, ingest, monitoring, online, registry, replay
 from driftloop.config import Params, Settings
 
 T = TypeVar("T")
@@ -77,7 +77,7 @@ def push(ws: Settings, params: Params) -> str:
 
 @task(name="compare-strategies", cache_policy=NONE)
 def compare(params: Params, ws: Settings, steps: list[replay.Step]) -> dict[str, Any]:
-    """Static vs scheduled vs drift-triggered on the same days."""
+    """The loop, its first model and every baseline on the same rows."""
     client = registry.connect(ws)
     versions = {str(s.champion) for s in steps}
     models = {
@@ -107,17 +107,23 @@ def report(
 ) -> tuple[Path, Path]:
     json_path, html_path = replay.write_report(out_dir, steps, comparison, meta)
     rows = "\n".join(
-        f"| {name} | {r['accuracy']:.4f} | {r['roc_auc']:.4f} | {r['retrains']} |"
+        f"| {r.get('label', name)} | {_num(r['roc_auc'])} | {_num(r['log_loss'])} | "
+        f"{_num(r['accuracy'])} | {r['retrains']} |"
         for name, r in comparison.items()
     )
     create_markdown_artifact(
         key="replay",
-        markdown="| strategy | accuracy | ROC AUC | retrains |\n|---|---|---|---|\n"
+        markdown=f"{baselines.verdict(comparison)['headline']}\n\n"
+        "| strategy | ROC AUC | log loss | accuracy | retrains |\n|---|---|---|---|---|\n"
         + rows
         + f"\n\nReport: [{html_path.name}]({html_path.as_uri()})",
-        description="Replay comparison",
+        description="Replay: the loop against its baselines",
     )
     return json_path, html_path
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
 # -- online replay ------------------------------------------------------------------------------

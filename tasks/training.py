@@ -15,6 +15,7 @@ from driftloop.config import Params, Settings, SourceSpec
 from driftloop.registry import ModelRef
 from driftloop.stages import Fitted, PromotionResult, Split, TrainingData
 from driftloop.training import TrainedModel
+from driftloop.windows import Window
 from tasks import alerts
 from tasks.common import REGISTRY_RETRIES, table
 
@@ -67,10 +68,10 @@ def validate(params: Params, settings: Settings) -> dict[str, Any]:
 
 @task(name="load-training-data", cache_policy=NONE)
 def load_training_data(
-    params: Params, settings: Settings, window_days: int | None, until: str | None = None
+    params: Params, settings: Settings, window: int | Window | None, until: str | None = None
 ) -> TrainingData:
     """Accepted rows to train on (the retrain window policy applies here)."""
-    return stages.load_training_data(params, settings, window_days, until)
+    return stages.load_training_data(params, settings, window, until)
 
 
 @task(name="build-features", cache_policy=NONE)

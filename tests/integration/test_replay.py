@@ -1,13 +1,17 @@
 """A four-step replay through the real loop (training, ingest, monitor and retrain flows) on the
-Prefect test harness: the report compares the three strategies over a timeline of four steps.
+Prefect test harness: the report compares the loop with its first model and every baseline over a
+timeline of four steps, with a chart of ROC AUC and log loss against retrains and a verdict.
 
-The strategies' figures are checked against an oracle computed here, independently of
-`driftloop.replay`: the registered models loaded with mlflow.sklearn, the label recomputed from
-the raw batches (tomorrow's precipitation > 0), and scikit-learn's metrics."""
+The figures are checked against an oracle computed here, independently of `driftloop.replay`
+and `driftloop.baselines`: the registered models loaded with mlflow.sklearn, the label recomputed
+from the raw batches (tomorrow's precipitation > 0), persistence as "rain tomorrow if it rained
+today", and scikit-learn's metrics."""
 
 from __future__ import annotations
 
 import html
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,10 @@ from tests.integration.conftest_loop import read_json
 pytestmark = pytest.mark.slow
 
 STEPS = 4
-STRATEGIES = {"static", "scheduled", "drift_triggered"}
+CADENCES = {"every_7d", "every_14d", "every_28d", "every_56d", "every_91d"}
+WINDOWS = {"window_rolling", "window_growing", "window_seasonal"}
+STRATEGIES = {"drift_triggered", "static", "base_rate", "persistence", "reference", "random"}
+STRATEGIES |= CADENCES | WINDOWS
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +56,35 @@ def test_replay_writes_the_json_and_html_report(
     assert sorted(replayed["report"]) == [str(out / "report.html"), str(out / "report.json")]
     page = (out / "report.html").read_text()
     assert f"<title>{html.escape(module_project.params.replay.title)}</title>" in page
-    assert all(f"<td>{name}</td>" in page for name in STRATEGIES)
+    report = json.loads((out / "report.json").read_text())
+    for result in report["comparison"].values():
+        assert f"<td>{html.escape(result['label'])}</td>" in page
+
+
+def test_the_json_report_is_strict(module_project: Project, replayed: dict[str, Any]) -> None:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"bare {constant} in report.json")
+
+    text = (module_project.root / "reports" / "replay" / "report.json").read_text()
+    json.loads(text, parse_constant=refuse)
+
+
+def test_the_html_report_has_the_verdict_and_the_chart_against_retrains(
+    module_project: Project, report: dict[str, Any]
+) -> None:
+    page = (module_project.root / "reports" / "replay" / "report.html").read_text()
+    verdict = report["verdict"]
+    assert html.escape(verdict["headline"]) in page
+    # one sentence per baseline (the loop's first model included), best cadence and windows
+    baselines = set(report["comparison"]) - {"drift_triggered"} - WINDOWS
+    assert set(verdict["beaten"]) == baselines
+    assert len(verdict["sentences"]) == len(baselines) + 2
+    for sentence in verdict["sentences"]:
+        assert html.escape(sentence) in page
+    assert "ROC AUC (higher is better)" in page and "log loss (lower is better)" in page
+    assert "Accuracy of each strategy against what it cost (retrains)" in page
+    assert not re.search(r"<script[^>]*\ssrc=", page)  # plotly.js inline: works offline
+    assert not re.search(r"<link[^>]*\shref=", page)
 
 
 @dataclass(frozen=True)
@@ -110,15 +145,25 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in ("n_predictions", "accuracy", "roc_auc")}
 
 
-def test_report_compares_three_strategies(report: dict[str, Any]) -> None:
+def test_report_compares_the_loop_with_every_baseline(report: dict[str, Any]) -> None:
     comparison = report["comparison"]
     assert set(comparison) == STRATEGIES
     assert comparison["static"]["retrains"] == 0
     steps = report["timeline"]
-    assert comparison["drift_triggered"]["retrains"] == sum(s["retrained"] for s in steps)
-    assert comparison["drift_triggered"]["promotions"] == sum(s["promoted"] for s in steps)
-    # 4 weekly steps are shorter than one 28-day schedule: the scheduled strategy never retrains
-    assert comparison["scheduled"]["retrains"] == 0
+    loop = comparison["drift_triggered"]
+    assert loop["retrains"] == sum(s["retrained"] for s in steps)
+    assert loop["promotions"] == sum(s["promoted"] for s in steps)
+    # weekly steps: every 7 days refits after each step but the last, 28 days and more never
+    assert comparison["every_7d"]["retrains"] == STEPS - 1
+    assert comparison["every_14d"]["retrains"] == 1
+    assert all(comparison[c]["retrains"] == 0 for c in ("every_28d", "every_56d", "every_91d"))
+    random = comparison["random"]
+    retrained_before_the_end = sum(s["retrained"] for s in steps[:-1])
+    assert random["retrains"] == retrained_before_the_end
+    assert [s["seed"] for s in random["seeds"]] == list(range(10))
+    assert random["roc_auc_p10"] <= random["roc_auc"] <= random["roc_auc_p90"]
+    judged = {r["n_predictions"] for r in comparison.values()}
+    assert judged == {27}
 
 
 def test_static_strategy_matches_the_first_champion_scored_independently(
@@ -130,13 +175,39 @@ def test_static_strategy_matches_the_first_champion_scored_independently(
     assert figures(report["comparison"]["static"]) == pytest.approx(expected)
 
 
-def test_scheduled_strategy_without_a_retrain_is_the_first_model(
+def test_a_schedule_without_a_retrain_is_the_first_model(
     report: dict[str, Any], judged: Judged
 ) -> None:
-    """Its only model is fitted (and refitted) on the first model's data with the same seed: the
-    same model as the first champion."""
+    """Its only model is fitted directly on the first model's rows with the same seed, chosen on
+    its training part and refitted on all of them: the first champion's very predictions."""
     expected = oracle(judged, [("2012-05-01", "2")])
-    assert figures(report["comparison"]["scheduled"]) == pytest.approx(expected)
+    for name in ("every_28d", "every_91d", "window_rolling"):
+        assert figures(report["comparison"][name]) == pytest.approx(expected), name
+
+
+def test_persistence_is_rain_tomorrow_if_it_rained_today(
+    report: dict[str, Any], judged: Judged
+) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rows = judged.rows
+    today = (rows["precipitation"] > 0).astype(int).to_numpy()
+    y = rows["label"].astype(int).to_numpy()
+    got = report["comparison"]["persistence"]
+    assert got["accuracy"] == pytest.approx(float((today == y).mean()))
+    assert got["roc_auc"] == pytest.approx(float(roc_auc_score(y, today)))
+
+
+def test_the_base_rate_is_a_constant_score(report: dict[str, Any], judged: Judged) -> None:
+    from sklearn.metrics import log_loss
+
+    y = judged.rows["label"].astype(int).to_numpy()
+    got = report["comparison"]["base_rate"]
+    rate = got["constant"]
+    assert 0.0 < rate < 1.0
+    assert got["roc_auc"] == 0.5
+    assert got["accuracy"] == pytest.approx(float((y == int(rate >= 0.5)).mean()))
+    assert got["log_loss"] == pytest.approx(log_loss(y, [rate] * len(y)))
 
 
 def test_drift_triggered_strategy_matches_the_champion_live_at_each_step(

@@ -90,6 +90,20 @@ def test_bad_replay_date_is_a_config_error(raw_params: Raw) -> None:
         parse_params(edited(raw_params, lambda r: r["replay"].update(initial_until="soon")))
 
 
+def test_an_unknown_retrain_window_names_its_key(raw_params: Raw) -> None:
+    with pytest.raises(ConfigError, match=r"key 'retrain\.window'.*'rolling', 'growing'"):
+        parse_params(edited(raw_params, lambda r: r["retrain"].update(window="sliding")))
+
+
+def test_replay_cadences_are_whole_days_sorted_once(raw_params: Raw) -> None:
+    params = parse_params(edited(raw_params, lambda r: r["replay"].update(cadences=[28, 7, 28])))
+    assert params.replay.cadences == [7, 28]
+    with pytest.raises(ConfigError, match=r"key 'replay\.cadences'.*>= 1"):
+        parse_params(edited(raw_params, lambda r: r["replay"].update(cadences=[0, 7])))
+    with pytest.raises(ConfigError, match=r"key 'replay\.random_seeds'"):
+        parse_params(edited(raw_params, lambda r: r["replay"].update(random_seeds=1)))
+
+
 def test_unknown_feature_column_is_named(raw_params: Raw) -> None:
     with pytest.raises(ConfigError, match=r"key 'features\.numerical'.*\['humidity'\]"):
         parse_params(edited(raw_params, lambda r: r["features"].update(numerical=["humidity"])))
