@@ -282,7 +282,7 @@ class Refits:
                     pd.Series(self.hist.times[rows]),
                     pd.DataFrame(index=X.index),
                 )
-                features = FeatureParams(categorical=list(self.categorical))
+                features = FeatureParams.model_construct(categorical=list(self.categorical))
                 model = fit_candidate(self.train, features, data)[0]
                 if self.plan.refit:
                     whole = training_rows(self.hist, day, window, 0)

@@ -14,6 +14,7 @@ import yaml
 from driftloop import baselines
 from driftloop.baselines import History, Plan
 from driftloop.config import Params, TrainParams, parse_params
+from driftloop.training import predict_proba, threshold_of
 from driftloop.windows import Window
 from tests.helpers import REPO_ROOT
 
@@ -289,8 +290,11 @@ def test_fits_made_two_at_a_time_are_the_same_models() -> None:
     serial.prefit(keys, workers=1)
     pooled.prefit(keys, workers=2)
     assert set(serial.models) == set(pooled.models) == set(keys)
-    for key in keys:
-        assert (serial.models[key][-1].coef_ == pooled.models[key][-1].coef_).all()
+    X = hist.X.iloc[:50]
+    for key in keys:  # the loop's candidates (selection, calibration, threshold) or the reference
+        one, two = serial.models[key], pooled.models[key]
+        assert (predict_proba(one, X) == predict_proba(two, X)).all()
+        assert threshold_of(one, 0.5) == threshold_of(two, 0.5)
 
 
 # -- the verdict -----------------------------------------------------------------------------------
