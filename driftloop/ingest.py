@@ -313,8 +313,12 @@ def ingest(
 def _gate_and_store(
     params: Params, settings: Settings, raw: RawBatch, now: dt.datetime | None
 ) -> tuple[IngestResult, pd.DataFrame]:
-    """Under the data lock: skip repeats, gate the rest, write the new rows (not versioned)."""
-    from driftloop.validation import validate_batch
+    """Under the data lock: skip repeats, gate the rest, write the new rows (not versioned).
+
+    The gate's verdict answers for the whole-dataset suite too (`validation.without_history`):
+    it is recorded for the new file, so `validate_dataset` does not run it again.
+    """
+    from driftloop.validation import validate_batch, without_history
 
     raw_dir = settings.path(params.data.raw_dir)
     if _nothing_to_gate(raw):
@@ -330,6 +334,10 @@ def _gate_and_store(
     path = datastore.write_batch(frame, raw_dir, column)
     stored = datastore.read_batch(path)
     profiles.remember(path, stored, params, settings.state_dir)
+    verdict = without_history(report, params)
+    if verdict is not None:
+        validated = ValidatedBatches(settings.state_dir, raw_dir, suite_fingerprint(params))
+        validated.record(path, verdict.to_dict())
     return _result(raw, stored, "", path, column, repeats), stored
 
 
@@ -422,6 +430,11 @@ class ValidatedBatches:
             jsonio.write_json(self.path, self._reports)
         report: dict[str, Any] = self._reports[path.name]
         return report
+
+    def record(self, path: Path, report: dict[str, Any]) -> None:
+        """Keep a batch's verdict under this suite (known when it was gated)."""
+        self._reports[path.name] = report
+        jsonio.write_json(self.path, self._reports)
 
 
 def _doubled_keys(params: Params, raw_dir: Path, profile: Any) -> list[str]:

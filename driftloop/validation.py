@@ -20,6 +20,7 @@ import math
 import shutil
 import tempfile
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -546,6 +547,28 @@ def validate_batch(
     return run_gate(Gate(SUITE_NAME, checked, build), read_error, docs_dir)
 
 
+def without_history(report: ValidationReport, params: Params) -> ValidationReport | None:
+    """The verdict of the suite without the rules against history (the whole dataset's suite,
+    `validate_batch(frame, params)`), read off a gate's report on the same frame: every
+    expectation of that suite is in the gate's, evaluated on the same rows. None when the
+    report cannot answer for it (unreadable batch, no suite kept, an expectation missing).
+    """
+    if report.gate is None or report.read_error is not None:
+        return None
+    found: dict[tuple[str, str | None], deque[ExpectationOutcome]] = {}
+    for outcome in report.outcomes:
+        found.setdefault((outcome.expectation, outcome.column), deque()).append(outcome)
+    outcomes = []
+    for expectation in batch_expectations(report.gate.frame, params, None, _now(None)):
+        config = expectation.configuration
+        same = found.get((str(config.type), _column_of(config.kwargs)))
+        if not same:
+            return None
+        outcomes.append(same.popleft())
+    failed = sum(not o.success for o in outcomes)
+    return ValidationReport(failed == 0, len(outcomes), failed, tuple(outcomes), suite=report.suite)
+
+
 def validate_labels(
     frame: pd.DataFrame,
     params: Params,
@@ -658,16 +681,21 @@ def _report(result: Any, ids: list[str], read_error: str | None, gate: Gate) -> 
     )
 
 
+def _column_of(kwargs: Mapping[str, Any]) -> str | None:
+    """The column an expectation is about (`a+b` for a compound key), or None."""
+    column = kwargs.get("column")
+    if column is None and kwargs.get("column_list"):
+        column = "+".join(str(c) for c in kwargs["column_list"])
+    return None if column is None else str(column)
+
+
 def _outcome(result: Any) -> ExpectationOutcome:
     """One GE expectation result as an ExpectationOutcome with plain values."""
     config = result.expectation_config
     details = dict(result.result or {})
-    column = config.kwargs.get("column")
-    if column is None and config.kwargs.get("column_list"):
-        column = "+".join(str(c) for c in config.kwargs["column_list"])
     return ExpectationOutcome(
         expectation=str(config.type),
-        column=None if column is None else str(column),
+        column=_column_of(config.kwargs),
         success=bool(result.success),
         observed=_observed(details, _exception_message(result.exception_info)),
         unexpected_percent=_percent(details.get("unexpected_percent")),
