@@ -148,8 +148,8 @@ class TableSource(Source):
         try:
             with engine.begin() as conn:
                 frame.to_sql(self.table, conn, if_exists="append", index=False)
-                index = f'CREATE INDEX IF NOT EXISTS "{self.table}_ts" ON "{self.table}" ("timestamp")'
-                conn.execute(sa.text(index))
+                name = f'"{self.table}_ts" ON "{self.table}" ("timestamp")'
+                conn.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {name}"))
         finally:
             engine.dispose()
 
@@ -208,9 +208,7 @@ class Case:
     project: Path
     source: Source
     next_week: int
-    runs: dict[str, list[dict[str, Any]]] = field(
-        default_factory=lambda: {s: [] for s in STEPS}
-    )
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {s: [] for s in STEPS})
 
     def seconds(self, step: str) -> list[float]:
         return [r["seconds"] for r in self.runs[step] if r.get("returncode") == 0]
@@ -317,9 +315,10 @@ def ratios(cases: list[Case], low: int, high: int) -> dict[str, dict[str, Any]]:
                 continue
             spread = {n: harness.Spread.of(v) for n, v in ((low, a), (high, b))}
             ratio = spread[high].median / spread[low].median
-            out[kind][step] = {
-                f"after_{n}": s.to_dict() for n, s in spread.items()
-            } | {"ratio": ratio, "pass": ratio <= TARGET_RATIO}
+            out[kind][step] = {f"after_{n}": s.to_dict() for n, s in spread.items()} | {
+                "ratio": ratio,
+                "pass": ratio <= TARGET_RATIO,
+            }
     return out
 
 

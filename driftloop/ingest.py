@@ -276,15 +276,20 @@ def load_history(params: Params, settings: Settings) -> History:
     return history_of(profiles.accepted_profile(raw_dir, params, settings.state_dir), params)
 
 
-def drop_repeats(frame: pd.DataFrame, params: Params, history: History) -> tuple[pd.DataFrame, int]:
-    """The batch without exact repeats of accepted rows. (A row twice in one batch is not a
-    repeat of anything accepted: the key uniqueness rule judges it.)"""
+def drop_repeats(
+    frame: pd.DataFrame, params: Params, history: History
+) -> tuple[pd.DataFrame, int, profiles.RowHashes | None]:
+    """The batch without exact repeats of accepted rows, the number dropped, and the kept rows'
+    hashes (taken once here, reused by the gate and the batch summary). A row twice in one
+    batch is not a repeat of anything accepted: the key uniqueness rule judges it."""
     if frame.empty or not set(params.data.key_columns) <= set(frame.columns):
-        return frame, 0
-    repeat, _ = history.classify(frame, params)
+        return frame, 0, None
+    hashes = profiles.RowHashes.of(frame, profiles.ProfileSpec.of(params))
+    repeat, _ = history.classify(frame, params, hashes)
     if not repeat.any():
-        return frame, 0
-    return frame.loc[~repeat].reset_index(drop=True), int(repeat.sum())
+        return frame, 0, hashes
+    kept = hashes.subset(~repeat) if hashes is not None else None
+    return frame.loc[~repeat].reset_index(drop=True), int(repeat.sum()), kept
 
 
 def ingest(
@@ -324,16 +329,18 @@ def _gate_and_store(
     if _nothing_to_gate(raw):
         return _nothing_new(params, settings, raw), raw.frame
     history = load_history(params, settings)
-    frame, repeats = drop_repeats(raw.frame, params, history)
+    frame, repeats, hashes = drop_repeats(raw.frame, params, history)
     if raw.read_error is None and frame.empty and repeats:
         return _nothing_new(params, settings, raw, repeats), frame
-    report = validate_batch(frame, params, history=history, now=now, read_error=raw.read_error)
+    report = validate_batch(
+        frame, params, history=history, now=now, read_error=raw.read_error, hashes=hashes
+    )
     if not report.success:
         _reject(params, settings, raw, report)
     column = params.data.timestamp_column
     path = datastore.write_batch(frame, raw_dir, column)
     stored = datastore.read_batch(path)
-    profiles.remember(path, stored, params, settings.state_dir)
+    profiles.remember(path, stored, params, settings.state_dir, hashes)  # rows in stored order
     verdict = without_history(report, params)
     if verdict is not None:
         validated = ValidatedBatches(settings.state_dir, raw_dir, suite_fingerprint(params))
