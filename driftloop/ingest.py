@@ -376,8 +376,9 @@ def validate_dataset(params: Params, settings: Settings) -> dict[str, Any]:
     """Re-check all accepted data with the batch suite minus the rules against history.
 
     Batch files are immutable, so each is validated once per suite (its verdict is cached in
-    the state dir, keyed by the suite's fingerprint): a new batch costs one batch's validation,
-    not all data's. What spans batches (the row count, keys unique across batches) is checked
+    the state dir, keyed by the suite's fingerprint): a batch gated by `ingest` brings its
+    verdict along (read off the gate's report), any other costs one batch's validation, never
+    all data's. What spans batches (the row count, keys unique across batches) is checked
     on the merged batch summaries. Writes a stable report (a DVC output) and fails closed with
     ValidationFailed.
     """
@@ -437,6 +438,10 @@ class ValidatedBatches:
             jsonio.write_json(self.path, self._reports)
         report: dict[str, Any] = self._reports[path.name]
         return report
+
+    def known(self, path: Path) -> dict[str, Any] | None:
+        """The batch's recorded verdict, or None when it was never validated under this suite."""
+        return self._reports.get(path.name)
 
     def record(self, path: Path, report: dict[str, Any]) -> None:
         """Keep a batch's verdict under this suite (known when it was gated)."""
