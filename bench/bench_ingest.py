@@ -351,6 +351,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, help="work folder (default: a temp dir, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--summarize", type=Path, help="report the runs a kept WORK folder holds")
     parser.add_argument("--child", nargs=2, metavar=("STEP", "PROJECT"), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -381,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.child_out:
             args.child_out.write_text(json.dumps(result))
         return 0
-    low, high = sorted(args.earlier)
+    if args.summarize:
+        return report(cases_from(args.summarize, args), args, argv)
     with workdir(args) as work:
         env = harness.child_env(pycache=work / "pycache")
         cases = build_cases(args, work, env)
@@ -391,12 +393,33 @@ def main(argv: list[str] | None = None) -> int:
             for case in cases:
                 if isinstance(case.source, TableSource) and case.kind == "postgres":
                     case.source.drop()
+    return report(cases, args, argv)
+
+
+def cases_from(work: Path, args: argparse.Namespace) -> list[Case]:
+    """The timed calls an earlier run left in its work folder (`--keep`), finished or not."""
+    cases = []
+    for earlier in sorted(args.earlier):
+        for kind in args.kinds:
+            project = work / "projects" / f"{kind}-{earlier}"
+            case = Case(kind, earlier, project, FolderSource(project), earlier)
+            for step in STEPS:
+                done = work.glob(f"{kind}-{earlier}-{step}-*.json")
+                for path in sorted(done, key=lambda p: int(p.stem.rsplit("-", 1)[1])):
+                    case.runs[step].append({**json.loads(path.read_text()), "returncode": 0})
+            cases.append(case)
+    return cases
+
+
+def report(cases: list[Case], args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Print the ratios and write the JSON; the exit code of `--check`."""
+    low, high = sorted(args.earlier)
     result = ratios(cases, low, high)
     print("\n" + "\n".join(lines(result, low, high)))
     meta = {
         "argv": sys.argv[1:] if argv is None else argv,
         "rows_per_week": args.rows,
-        "repeat": args.repeat,
+        "repeat": max((len(c.seconds(s)) for c in cases for s in STEPS), default=0),
         "target_ratio": TARGET_RATIO,
         "commit": _commit(),
         "cpus": os.cpu_count(),
