@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -59,6 +60,8 @@ HOURS_PER_WEEK = 7 * 24
 URL_ENV = "BENCH_SOURCE_URL"
 TABLE = "events"
 STEPS = ("ingest", "validate")
+RAW_DIR = "data/raw"  # the params' data.raw_dir and the project's state folder (defaults)
+STATE_DIR = ".driftloop"
 
 
 # -- weekly batches ----------------------------------------------------------------------------
@@ -236,7 +239,22 @@ def copy_project(base: Path, target: Path) -> Path:
         shutil.copytree(remote, Path(str(target) + "-remote"))
     config = target / ".dvc" / "config"
     config.write_text(config.read_text().replace(str(base) + "-remote", str(target) + "-remote"))
+    rekey_state(base, target)
     return target
+
+
+def _where(project: Path) -> str:
+    """How driftloop's state names a project's data folder (a hash of its absolute path)."""
+    return hashlib.sha256(str((project / RAW_DIR).resolve()).encode()).hexdigest()[:8]
+
+
+def rekey_state(base: Path, target: Path) -> None:
+    """Carry the batch summaries and verdicts over to the copy (they are keyed by the data
+    folder's path): a long-lived project has them, a copy would otherwise rebuild them all."""
+    old, new = _where(base), _where(target)
+    for folder in ("profiles", "validated"):
+        for entry in (target / STATE_DIR / folder).glob(f"{old}-*"):
+            entry.rename(entry.with_name(new + entry.name.removeprefix(old)))
 
 
 def build_cases(args: argparse.Namespace, work: Path, env: dict[str, str]) -> list[Case]:
