@@ -418,35 +418,42 @@ def suite_fingerprint(params: Params) -> str:
 
 
 class ValidatedBatches:
-    """Each batch file's verdict under one suite, cached beside the project's state."""
+    """Each batch file's verdict under one suite, cached beside the project's state: one small
+    JSON file per batch, so recording a new batch's verdict costs the same after 10 batches or
+    after 200 (verdicts kept in one file by an earlier version are still read)."""
 
     def __init__(self, state_dir: Path, raw_dir: Path, fingerprint: str) -> None:
         import hashlib
 
         where = hashlib.sha256(str(raw_dir.resolve()).encode()).hexdigest()[:8]
-        self.path = state_dir / "validated" / f"{where}-{fingerprint}.json"
-        self._reports: dict[str, Any] = (
-            json.loads(self.path.read_text()) if self.path.exists() else {}
-        )
+        self.folder = state_dir / "validated" / f"{where}-{fingerprint}"
+        self._legacy_path = self.folder.with_name(f"{self.folder.name}.json")
+        self._legacy: dict[str, Any] | None = None
 
     def report_of(self, path: Path, params: Params) -> dict[str, Any]:
         """The batch's report: cached, or validated now (without the rules against history)."""
         from driftloop.validation import validate_batch
 
-        if path.name not in self._reports:
-            self._reports[path.name] = validate_batch(datastore.read_batch(path), params).to_dict()
-            jsonio.write_json(self.path, self._reports)
-        report: dict[str, Any] = self._reports[path.name]
+        report = self.known(path)
+        if report is None:
+            report = validate_batch(datastore.read_batch(path), params).to_dict()
+            self.record(path, report)
         return report
 
     def known(self, path: Path) -> dict[str, Any] | None:
         """The batch's recorded verdict, or None when it was never validated under this suite."""
-        return self._reports.get(path.name)
+        own = self.folder / f"{path.name}.json"
+        if own.exists():
+            report: dict[str, Any] = json.loads(own.read_text())
+            return report
+        if self._legacy is None:
+            legacy = self._legacy_path
+            self._legacy = json.loads(legacy.read_text()) if legacy.exists() else {}
+        return self._legacy.get(path.name)
 
     def record(self, path: Path, report: dict[str, Any]) -> None:
         """Keep a batch's verdict under this suite (known when it was gated)."""
-        self._reports[path.name] = report
-        jsonio.write_json(self.path, self._reports)
+        jsonio.write_json(self.folder / f"{path.name}.json", report, indent=0)
 
 
 def _doubled_keys(params: Params, raw_dir: Path, profile: Any) -> list[str]:
