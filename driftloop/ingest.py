@@ -276,15 +276,20 @@ def load_history(params: Params, settings: Settings) -> History:
     return history_of(profiles.accepted_profile(raw_dir, params, settings.state_dir), params)
 
 
-def drop_repeats(frame: pd.DataFrame, params: Params, history: History) -> tuple[pd.DataFrame, int]:
-    """The batch without exact repeats of accepted rows. (A row twice in one batch is not a
-    repeat of anything accepted: the key uniqueness rule judges it.)"""
+def drop_repeats(
+    frame: pd.DataFrame, params: Params, history: History
+) -> tuple[pd.DataFrame, int, profiles.RowHashes | None]:
+    """The batch without exact repeats of accepted rows, the number dropped, and the kept rows'
+    hashes (taken once here, reused by the gate and the batch summary). A row twice in one
+    batch is not a repeat of anything accepted: the key uniqueness rule judges it."""
     if frame.empty or not set(params.data.key_columns) <= set(frame.columns):
-        return frame, 0
-    repeat, _ = history.classify(frame, params)
+        return frame, 0, None
+    hashes = profiles.RowHashes.of(frame, profiles.ProfileSpec.of(params))
+    repeat, _ = history.classify(frame, params, hashes)
     if not repeat.any():
-        return frame, 0
-    return frame.loc[~repeat].reset_index(drop=True), int(repeat.sum())
+        return frame, 0, hashes
+    kept = hashes.subset(~repeat) if hashes is not None else None
+    return frame.loc[~repeat].reset_index(drop=True), int(repeat.sum()), kept
 
 
 def ingest(
@@ -313,23 +318,33 @@ def ingest(
 def _gate_and_store(
     params: Params, settings: Settings, raw: RawBatch, now: dt.datetime | None
 ) -> tuple[IngestResult, pd.DataFrame]:
-    """Under the data lock: skip repeats, gate the rest, write the new rows (not versioned)."""
-    from driftloop.validation import validate_batch
+    """Under the data lock: skip repeats, gate the rest, write the new rows (not versioned).
+
+    The gate's verdict answers for the whole-dataset suite too (`validation.without_history`):
+    it is recorded for the new file, so `validate_dataset` does not run it again.
+    """
+    from driftloop.validation import validate_batch, without_history
 
     raw_dir = settings.path(params.data.raw_dir)
     if _nothing_to_gate(raw):
         return _nothing_new(params, settings, raw), raw.frame
     history = load_history(params, settings)
-    frame, repeats = drop_repeats(raw.frame, params, history)
+    frame, repeats, hashes = drop_repeats(raw.frame, params, history)
     if raw.read_error is None and frame.empty and repeats:
         return _nothing_new(params, settings, raw, repeats), frame
-    report = validate_batch(frame, params, history=history, now=now, read_error=raw.read_error)
+    report = validate_batch(
+        frame, params, history=history, now=now, read_error=raw.read_error, hashes=hashes
+    )
     if not report.success:
         _reject(params, settings, raw, report)
     column = params.data.timestamp_column
     path = datastore.write_batch(frame, raw_dir, column)
     stored = datastore.read_batch(path)
-    profiles.remember(path, stored, params, settings.state_dir)
+    profiles.remember(path, stored, params, settings.state_dir, hashes)  # rows in stored order
+    verdict = without_history(report, params)
+    if verdict is not None:
+        validated = ValidatedBatches(settings.state_dir, raw_dir, suite_fingerprint(params))
+        validated.record(path, verdict.to_dict())
     return _result(raw, stored, "", path, column, repeats), stored
 
 
@@ -361,8 +376,9 @@ def validate_dataset(params: Params, settings: Settings) -> dict[str, Any]:
     """Re-check all accepted data with the batch suite minus the rules against history.
 
     Batch files are immutable, so each is validated once per suite (its verdict is cached in
-    the state dir, keyed by the suite's fingerprint): a new batch costs one batch's validation,
-    not all data's. What spans batches (the row count, keys unique across batches) is checked
+    the state dir, keyed by the suite's fingerprint): a batch gated by `ingest` brings its
+    verdict along (read off the gate's report), any other costs one batch's validation, never
+    all data's. What spans batches (the row count, keys unique across batches) is checked
     on the merged batch summaries. Writes a stable report (a DVC output) and fails closed with
     ValidationFailed.
     """
@@ -402,26 +418,42 @@ def suite_fingerprint(params: Params) -> str:
 
 
 class ValidatedBatches:
-    """Each batch file's verdict under one suite, cached beside the project's state."""
+    """Each batch file's verdict under one suite, cached beside the project's state: one small
+    JSON file per batch, so recording a new batch's verdict costs the same after 10 batches or
+    after 200 (verdicts kept in one file by an earlier version are still read)."""
 
     def __init__(self, state_dir: Path, raw_dir: Path, fingerprint: str) -> None:
         import hashlib
 
         where = hashlib.sha256(str(raw_dir.resolve()).encode()).hexdigest()[:8]
-        self.path = state_dir / "validated" / f"{where}-{fingerprint}.json"
-        self._reports: dict[str, Any] = (
-            json.loads(self.path.read_text()) if self.path.exists() else {}
-        )
+        self.folder = state_dir / "validated" / f"{where}-{fingerprint}"
+        self._legacy_path = self.folder.with_name(f"{self.folder.name}.json")
+        self._legacy: dict[str, Any] | None = None
 
     def report_of(self, path: Path, params: Params) -> dict[str, Any]:
         """The batch's report: cached, or validated now (without the rules against history)."""
         from driftloop.validation import validate_batch
 
-        if path.name not in self._reports:
-            self._reports[path.name] = validate_batch(datastore.read_batch(path), params).to_dict()
-            jsonio.write_json(self.path, self._reports)
-        report: dict[str, Any] = self._reports[path.name]
+        report = self.known(path)
+        if report is None:
+            report = validate_batch(datastore.read_batch(path), params).to_dict()
+            self.record(path, report)
         return report
+
+    def known(self, path: Path) -> dict[str, Any] | None:
+        """The batch's recorded verdict, or None when it was never validated under this suite."""
+        own = self.folder / f"{path.name}.json"
+        if own.exists():
+            report: dict[str, Any] = json.loads(own.read_text())
+            return report
+        if self._legacy is None:
+            legacy = self._legacy_path
+            self._legacy = json.loads(legacy.read_text()) if legacy.exists() else {}
+        return self._legacy.get(path.name)
+
+    def record(self, path: Path, report: dict[str, Any]) -> None:
+        """Keep a batch's verdict under this suite (known when it was gated)."""
+        jsonio.write_json(self.folder / f"{path.name}.json", report, indent=0)
 
 
 def _doubled_keys(params: Params, raw_dir: Path, profile: Any) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 class Memo(Generic[K, V]):
@@ -33,3 +34,33 @@ class Memo(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._values)
+
+
+class LastBuilt(Generic[T, V]):
+    """The value last built from one object (compared by identity: a frame is not hashed) under a
+    key. The same object with the same key gets it back; another object, or another key, builds
+    again and replaces it. One entry, so nothing piles up in a long-lived process.
+
+    The object must not change in place while the value is in use (frames handed between
+    pipeline stages are read-only).
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple[T, Hashable, V] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, obj: T, key: Hashable, compute: Callable[[], V]) -> V:
+        """The value built from `obj` under `key`, built by `compute()` unless it is the last."""
+        with self._lock:
+            entry = self._entry
+        if entry is not None and entry[0] is obj and entry[1] == key:
+            return entry[2]
+        value = compute()
+        with self._lock:
+            self._entry = (obj, key, value)
+        return value
+
+    def clear(self) -> None:
+        """Forget the value (the next `get` builds again)."""
+        with self._lock:
+            self._entry = None

@@ -124,6 +124,36 @@ def identity_hashes(frame: pd.DataFrame, spec: ProfileSpec) -> np.ndarray:
     return pd.util.hash_pandas_object(pd.DataFrame(columns), index=False).to_numpy()
 
 
+@dataclass(frozen=True, eq=False)
+class RowHashes:
+    """Each row's key hash and identity hash, aligned with a frame's rows.
+
+    Computed once per batch as it is read; the repeat check, the gate's conflict rule and the
+    batch summary all take them from here instead of hashing the rows again.
+    """
+
+    keys: np.ndarray
+    identities: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, spec: ProfileSpec) -> RowHashes | None:
+        """The frame's hashes (None when it lacks a key column)."""
+        if not set(spec.keys) <= set(frame.columns):
+            return None
+        return cls(key_hashes(frame, spec.keys), identity_hashes(frame, spec))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, keep: np.ndarray) -> RowHashes:
+        """The hashes of the kept rows (a boolean mask over the rows), in order."""
+        return RowHashes(self.keys[keep], self.identities[keep])
+
+    def fits(self, frame: pd.DataFrame) -> bool:
+        """Whether these can stand for the frame's rows (one hash per row)."""
+        return len(self) == len(frame)
+
+
 # -- one batch ------------------------------------------------------------------------------------
 
 
@@ -139,11 +169,15 @@ class BatchProfile:
     sketches: dict[str, tuple[int, list[float]]] = field(default_factory=dict)
 
 
-def profile_frame(frame: pd.DataFrame, spec: ProfileSpec) -> BatchProfile:
-    """Summarise a batch (or any frame of accepted rows)."""
-    have_keys = set(spec.keys) <= set(frame.columns)
-    keys = key_hashes(frame, spec.keys) if have_keys else np.zeros(0, dtype="uint64")
-    ids = identity_hashes(frame, spec) if have_keys else np.zeros(0, dtype="uint64")
+def profile_frame(
+    frame: pd.DataFrame, spec: ProfileSpec, hashes: RowHashes | None = None
+) -> BatchProfile:
+    """Summarise a batch (or any frame of accepted rows); `hashes`: its rows' (if known)."""
+    if hashes is None or not hashes.fits(frame):
+        hashes = RowHashes.of(frame, spec)
+    empty = np.zeros(0, dtype="uint64")
+    keys = hashes.keys if hashes is not None else empty
+    ids = hashes.identities if hashes is not None else empty
     newest = NAT
     if spec.time_column in frame.columns and len(frame):
         ticks = as_ns(frame[spec.time_column]).to_numpy(dtype=NS_DTYPE).view("i8")
@@ -304,10 +338,17 @@ def accepted_profile(raw_dir: Path, params: Params, state_dir: Path) -> Accepted
     return AcceptedProfile.merge(PROFILES.get(b.path, spec, folder) for b in batch_files(raw_dir))
 
 
-def remember(path: Path, frame: pd.DataFrame, params: Params, state_dir: Path) -> None:
-    """Summarise a batch just accepted, from the frame in hand (no second read of its file)."""
+def remember(
+    path: Path,
+    frame: pd.DataFrame,
+    params: Params,
+    state_dir: Path,
+    hashes: RowHashes | None = None,
+) -> None:
+    """Summarise a batch just accepted, from the frame in hand (no second read of its file) and
+    the row hashes taken when it was read."""
     spec = ProfileSpec.of(params)
-    profile = profile_frame(frame, spec)
+    profile = profile_frame(frame, spec, hashes)
     _save(cache_folder(state_dir, path.parent, spec) / f"{path.name}.npz", profile)
     with PROFILES._lock:
         PROFILES._profiles[(str(path), spec.fingerprint)] = profile

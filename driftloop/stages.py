@@ -12,6 +12,7 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from driftloop.errors import TrainingError
 from driftloop.features import Dataset, make_dataset, split_by_time
 from driftloop.ledger import Promotion
 from driftloop.lineage import Lineage, Verdict
+from driftloop.memo import LastBuilt
 from driftloop.promotion import Decision, decide_promotion
 from driftloop.registry import ModelRef
 from driftloop.training import Evaluation, Selection, TrainedModel, evaluate, fit_candidate
@@ -107,9 +109,33 @@ def load_training_data(
     )
 
 
+# The split of the frame just trained on: the promotion gate evaluates the candidate (and a
+# champion with the same features) on the same holdout without building the features again.
+SPLITS: LastBuilt[pd.DataFrame, Split] = LastBuilt()
+
+
+def split_of(params: Params, frame: pd.DataFrame) -> Split:
+    """Model-ready rows of a frame split in time (rows of the last `holdout_days` are the
+    holdout); built once per frame and feature params (`SPLITS`)."""
+    key = json.dumps(
+        [
+            model_params(params),
+            params.train.holdout_days,
+            params.data.model_dump(mode="json", include={"timestamp_column", "entity_columns"}),
+        ],
+        sort_keys=True,
+    )
+    build = partial(_split, params, frame)
+    return SPLITS.get(frame, key, build)
+
+
+def _split(params: Params, frame: pd.DataFrame) -> Split:
+    return Split(*split_by_time(make_dataset(frame, params), params.train.holdout_days))
+
+
 def build_features(params: Params, data: TrainingData) -> Split:
     """Inputs and labels, split in time: rows of the last `holdout_days` are the holdout."""
-    return Split(*split_by_time(make_dataset(data.frame, params), params.train.holdout_days))
+    return split_of(params, data.frame)
 
 
 def train(params: Params, split: Split, *, cv: bool = True) -> Fitted:
@@ -326,7 +352,7 @@ def evaluate_on_holdout(
     from driftloop import registry
 
     own = params_of(params, ref)
-    _, holdout = split_by_time(make_dataset(frame, own), params.train.holdout_days)
+    holdout = split_of(own, frame).holdout
     if after is not None:
         holdout = holdout.subset(holdout.timestamps > after)
     if len(holdout) == 0:

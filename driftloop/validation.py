@@ -20,11 +20,12 @@ import math
 import shutil
 import tempfile
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -32,6 +33,9 @@ import pandas as pd
 
 from driftloop.config import ColumnSpec, Params
 from driftloop.datastore import as_ns, label_columns
+
+if TYPE_CHECKING:
+    from driftloop.profiles import RowHashes
 
 SUITE_NAME = "driftloop_batch"
 LABEL_SUITE_NAME = "driftloop_labels"
@@ -172,16 +176,24 @@ class History:
     identities: np.ndarray = field(default_factory=_empty_hashes)
     newest: pd.Timestamp | None = None
 
-    def classify(self, frame: pd.DataFrame, params: Params) -> tuple[np.ndarray, np.ndarray]:
-        """Per row: (an exact repeat of an accepted row, an accepted key with other values)."""
-        from driftloop.profiles import AcceptedProfile, ProfileSpec, identity_hashes, key_hashes
+    def classify(
+        self, frame: pd.DataFrame, params: Params, hashes: RowHashes | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: (an exact repeat of an accepted row, an accepted key with other values).
+
+        `hashes`: the frame's row hashes when already known (`profiles.RowHashes`).
+        """
+        from driftloop.profiles import AcceptedProfile, ProfileSpec, RowHashes
 
         spec = ProfileSpec.of(params)
         if not set(spec.keys) <= set(frame.columns) or frame.empty:
             none = np.zeros(len(frame), dtype=bool)
             return none, none.copy()
+        if hashes is None or not hashes.fits(frame):
+            hashes = RowHashes.of(frame, spec)
+        assert hashes is not None  # the key columns are there
         accepted = AcceptedProfile(self.rows, self.keys, self.identities)
-        return accepted.classify(key_hashes(frame, spec.keys), identity_hashes(frame, spec))
+        return accepted.classify(hashes.keys, hashes.identities)
 
 
 def category_columns(params: Params) -> list[str]:
@@ -310,8 +322,14 @@ def _decategorize(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: object for c in stored}) if stored else frame
 
 
-def prepare_batch(frame: pd.DataFrame, params: Params, history: History | None) -> pd.DataFrame:
-    """The batch with its timestamps as datetime64[ns] and the derived columns the suite needs."""
+def prepare_batch(
+    frame: pd.DataFrame,
+    params: Params,
+    history: History | None,
+    hashes: RowHashes | None = None,
+) -> pd.DataFrame:
+    """The batch with its timestamps as datetime64[ns] and the derived columns the suite needs
+    (`hashes`: the batch's row hashes, when known)."""
     data = params.data
     frame = _decategorize(frame)
     column = data.timestamp_column
@@ -323,7 +341,7 @@ def prepare_batch(frame: pd.DataFrame, params: Params, history: History | None) 
         mask = off_frequency(frame[column], data.frequency)
         derived[off_frequency_column(params)] = _flagged(frame, mask, [column])
     if history is not None and set(data.key_columns) <= set(frame.columns):
-        _, conflicts = history.classify(frame, params)
+        _, conflicts = history.classify(frame, params, hashes)
         derived[conflicting_repeat_column(params)] = _flagged(frame, conflicts, data.key_columns)
     if history is not None and data.lateness is not None:
         late = too_late(frame[column], history.newest, data.lateness)
@@ -529,6 +547,7 @@ def validate_batch(
     now: dt.datetime | None = None,
     read_error: str | None = None,
     docs_dir: Path | None = None,
+    hashes: RowHashes | None = None,
 ) -> ValidationReport:
     """Run the params-built suite on a data batch; with docs_dir, also write GE Data Docs there.
 
@@ -540,10 +559,33 @@ def validate_batch(
         now: the current time, for `validation.max_future_skew` (default: the clock).
         read_error: why the file could not be parsed; the report then fails and carries it.
         docs_dir: where to write the Data Docs site (index.html at its top); None skips docs.
+        hashes: the batch's row hashes when the caller has them (`profiles.RowHashes`).
     """
-    checked = prepare_batch(frame, params, history)
+    checked = prepare_batch(frame, params, history, hashes)
     build = partial(batch_expectations, checked, params, history, _now(now))
     return run_gate(Gate(SUITE_NAME, checked, build), read_error, docs_dir)
+
+
+def without_history(report: ValidationReport, params: Params) -> ValidationReport | None:
+    """The verdict of the suite without the rules against history (the whole dataset's suite,
+    `validate_batch(frame, params)`), read off a gate's report on the same frame: every
+    expectation of that suite is in the gate's, evaluated on the same rows. None when the
+    report cannot answer for it (unreadable batch, no suite kept, an expectation missing).
+    """
+    if report.gate is None or report.read_error is not None:
+        return None
+    found: dict[tuple[str, str | None], deque[ExpectationOutcome]] = {}
+    for outcome in report.outcomes:
+        found.setdefault((outcome.expectation, outcome.column), deque()).append(outcome)
+    outcomes = []
+    for expectation in batch_expectations(report.gate.frame, params, None, _now(None)):
+        config = expectation.configuration
+        same = found.get((str(config.type), _column_of(config.kwargs)))
+        if not same:
+            return None
+        outcomes.append(same.popleft())
+    failed = sum(not o.success for o in outcomes)
+    return ValidationReport(failed == 0, len(outcomes), failed, tuple(outcomes), suite=report.suite)
 
 
 def validate_labels(
@@ -658,16 +700,21 @@ def _report(result: Any, ids: list[str], read_error: str | None, gate: Gate) -> 
     )
 
 
+def _column_of(kwargs: Mapping[str, Any]) -> str | None:
+    """The column an expectation is about (`a+b` for a compound key), or None."""
+    column = kwargs.get("column")
+    if column is None and kwargs.get("column_list"):
+        column = "+".join(str(c) for c in kwargs["column_list"])
+    return None if column is None else str(column)
+
+
 def _outcome(result: Any) -> ExpectationOutcome:
     """One GE expectation result as an ExpectationOutcome with plain values."""
     config = result.expectation_config
     details = dict(result.result or {})
-    column = config.kwargs.get("column")
-    if column is None and config.kwargs.get("column_list"):
-        column = "+".join(str(c) for c in config.kwargs["column_list"])
     return ExpectationOutcome(
         expectation=str(config.type),
-        column=None if column is None else str(column),
+        column=_column_of(config.kwargs),
         success=bool(result.success),
         observed=_observed(details, _exception_message(result.exception_info)),
         unexpected_percent=_percent(details.get("unexpected_percent")),

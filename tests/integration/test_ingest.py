@@ -95,6 +95,25 @@ def test_a_batch_sent_twice_is_nothing_new_and_changed_values_are_refused(
     assert project.raw_snapshot() == before
 
 
+def test_an_ingested_batch_brings_its_dataset_verdict_along(
+    project: Project, tmp_path: Path
+) -> None:
+    """The whole-dataset check reuses what the gate found on each batch it accepted: the
+    recorded verdict is the one a fresh validation of the stored file gives."""
+    from driftloop.ingest import ValidatedBatches, suite_fingerprint, validate_dataset
+    from driftloop.validation import validate_batch
+
+    params, settings = project.params, project.settings
+    ingest_file(project, seattle_csv(tmp_path, "2012-01-01", "2012-01-20"))
+    ingest_file(project, seattle_csv(tmp_path, "2012-01-21", "2012-02-10"))
+    raw_dir = settings.path(params.data.raw_dir)
+    recorded = ValidatedBatches(settings.state_dir, raw_dir, suite_fingerprint(params))
+    for batch in datastore.batch_files(raw_dir):
+        fresh = validate_batch(datastore.read_batch(batch.path), params).to_dict()
+        assert recorded.known(batch.path) == fresh
+    assert validate_dataset(params, settings)["success"]
+
+
 def test_two_ingests_at_once_are_serialized_and_both_accepted(
     project: Project, tmp_path: Path
 ) -> None:

@@ -302,3 +302,30 @@ def test_categorical_values_become_strings_and_missing_stays_missing(
     out = _categorical(pd.Series(values, dtype=dtype))  # type: ignore[call-overload]
     assert out.dtype == object
     assert [None if v is None or v != v else v for v in out] == expected
+
+
+def test_the_split_is_built_once_per_frame_and_rebuilt_when_the_data_changes(
+    params: Params,
+) -> None:
+    """The promotion gate evaluates on the split training built; new data or other feature
+    params build it again."""
+    from driftloop import stages
+
+    stages.SPLITS.clear()
+    frame = daily(200)
+    first = stages.split_of(params, frame)
+    assert stages.split_of(params, frame) is first
+
+    changed = frame.copy()
+    changed.loc[190, "temp_max"] = 40.0
+    other = stages.split_of(params, changed)
+    assert other is not first
+    assert other.holdout.X["temp_max"].max() == 40.0
+    assert first.holdout.X["temp_max"].max() < 40.0
+
+    fewer = params.model_copy(
+        update={"features": params.features.model_copy(update={"calendar": []})}
+    )
+    assert "doy_sin" not in stages.split_of(fewer, changed).fit.X.columns
+    assert stages.split_of(params, changed) is not other  # replaced by the last one built
+    stages.SPLITS.clear()

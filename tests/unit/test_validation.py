@@ -16,7 +16,13 @@ import yaml
 
 from driftloop.config import Params, load_params, parse_params
 from driftloop.sources import load_seattle, read_batch_file
-from driftloop.validation import ValidationReport, build_history, quarantine, validate_batch
+from driftloop.validation import (
+    ValidationReport,
+    build_history,
+    quarantine,
+    validate_batch,
+    without_history,
+)
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
 GARBLED = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\xff\xfe" * 8
@@ -270,6 +276,25 @@ def test_an_unsorted_batch_is_accepted(valid: pd.DataFrame, params: Params) -> N
     shuffled = valid.iloc[[3, 0, 2, 1, *range(4, len(valid))]].reset_index(drop=True)
     report = validate_batch(shuffled, params, history=build_history(None, params), now=NOW)
     assert report.success, report.summary()
+
+
+@pytest.mark.parametrize("mutate", [lambda f: f, _temp_max_out_of_range, _negative_precipitation])
+def test_the_gate_answers_for_the_suite_without_history(
+    valid: pd.DataFrame, params: Params, mutate: Callable[[pd.DataFrame], pd.DataFrame]
+) -> None:
+    """What the whole-dataset suite says of a batch is read off the gate's report, failures too."""
+    batch = mutate(valid)
+    history = build_history(changed(seattle_days("2012-01-05", "2012-03-31")), params)
+    gated = validate_batch(batch, params, history=history, now=NOW)
+    assert len(gated.outcomes) > len(validate_batch(batch, params, now=NOW).outcomes)
+    derived = without_history(gated, params)
+    assert derived is not None
+    assert derived.to_dict() == validate_batch(batch, params, now=NOW).to_dict()
+
+
+def test_an_unreadable_batch_has_no_verdict_to_reuse(params: Params) -> None:
+    report = validate_batch(pd.DataFrame(), params, read_error="unreadable csv (ParserError)")
+    assert without_history(report, params) is None
 
 
 def _write_semicolon_csv(path: Path, frame: pd.DataFrame) -> None:
