@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -262,7 +263,11 @@ def _copies(name: str, of: str, count: int) -> list[str]:
     made = []
     for _ in range(count):
         mv = client.create_model_version(
-            name, source.source, run_id=source.run_id, model_id=getattr(source, "model_id", None)
+            name,
+            source.source,
+            run_id=source.run_id,
+            tags=dict(source.tags),
+            model_id=getattr(source, "model_id", None),
         )
         made.append(str(mv.version))
     return made
@@ -563,3 +568,246 @@ def test_a_lost_registration_answer_leaves_no_half_registered_version(loop: Stac
         f"fault 4b: {proxy.forwarded_creates} registrations made whose answer was lost: "
         f"train failed in {took:.1f} s, no version left: {line}"
     )
+
+
+# -- 1a. two monitoring runs on the same trigger, on the two workers ------------------------------
+
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+MONITOR, RETRAIN = "monitor/monitor-daily", "retrain/retrain"
+
+
+@contextlib.contextmanager
+def _prefect(stack: Stack) -> Iterator[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}),
+        get_client(sync_client=True) as client,
+    ):
+        yield client
+
+
+def _runs_of(client: Any, deployment: str) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    wanted = client.read_deployment_by_name(deployment).id
+    return list(
+        client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[wanted])), limit=50
+        )
+    )
+
+
+def _start(client: Any, deployment: str, parameters: dict[str, Any]) -> Any:
+    found = client.read_deployment_by_name(deployment)
+    return client.create_flow_run_from_deployment(found.id, parameters=parameters)
+
+
+def _wait(probe: Any, timeout: float, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := probe():
+            return found
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout:.0f} s")
+
+
+def _final(client: Any, run_id: Any) -> Any:
+    run = client.read_flow_run(run_id)
+    return run if run.state_type.value in FINAL else None
+
+
+def _claims(stack: Stack) -> list[Any]:
+    from driftloop.ledger import Store
+
+    store = Store(stack.env["DRIFTLOOP_STATE_URL"])
+    try:
+        return store.events(stack.project.model_name, ("retrain_claim",))
+    finally:
+        store.dispose()
+
+
+def test_two_monitoring_runs_on_the_same_trigger_start_one_retrain(loop: Stack) -> None:
+    name = loop.project.model_name
+    claims_before = len(_claims(loop))
+    started = time.monotonic()
+    with _prefect(loop) as client:
+        retrains_before = {r.id for r in _runs_of(client, RETRAIN)}
+        monitors = [_start(client, MONITOR, {"as_of": AS_OF}) for _ in range(2)]
+        ended = [_wait(lambda r=r: _final(client, r.id), 600) for r in monitors]
+        assert [r.state_type.value for r in ended] == ["COMPLETED"] * 2, [
+            (r.state_type.value, r.state.message if r.state else "") for r in ended
+        ]
+        monitored = time.monotonic() - started
+        retrains = [r for r in _runs_of(client, RETRAIN) if r.id not in retrains_before]
+        assert len(retrains) == 1, [(r.name, r.state_type.value) for r in retrains]
+        (retrain,) = retrains
+        assert {retrain.parameters["until"], retrain.parameters["reason"][:6]} == {AS_OF, "drift:"}
+        retrained = _wait(lambda: _final(client, retrain.id), 600)
+    assert retrained.state_type.value == "COMPLETED", retrained.state
+    assert len(_claims(loop)) == claims_before + 1
+    check = _ledger(loop)
+    assert check["ok"] and check["models"][name]["ledger"] == _alias(name), check
+    total = time.monotonic() - started
+    print(
+        f"fault 1a: two monitor runs at once on the two workers: one claim, one retrain run; "
+        f"monitors done in {monitored:.0f} s, the retrain in {total:.0f} s"
+    )
+
+
+# -- 5. a worker killed (-9) mid-training ---------------------------------------------------------
+
+
+def _process_of(run_id: Any) -> int | None:
+    """The pid of the process running a flow run (its environment names the run)."""
+    needle = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    return int(entry.name)
+    return None
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _task_running(client: Any, run_id: Any, names: tuple[str, ...]) -> bool:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    return any(t.name.rsplit("-", 1)[0] in names for t in tasks)
+
+
+def test_a_worker_killed_mid_training_is_crashed_and_the_retrain_runs_again(loop: Stack) -> None:
+    import signal
+
+    from driftloop import stack as stack_mod
+    from driftloop.config import Settings
+
+    name = loop.project.model_name
+    alias_before, versions_before = _alias(name), set(_versions(name))
+    parameters = {"reason": "fault: worker killed", "until": AS_OF}
+    with _prefect(loop) as client:
+        run = _start(client, RETRAIN, parameters)
+        # the run's own process, once it is into the training sequence (before any register)
+        _wait(
+            lambda: _task_running(
+                client, run.id, ("validate", "load-training-data", "build-features", "train")
+            ),
+            600,
+            0.3,
+        )
+        pid = _process_of(run.id)
+        assert pid is not None
+        worker = _parent(pid)
+        for victim in (worker, pid):  # the machine dies: worker and run at once
+            os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        crashed = _wait(lambda: _final(client, run.id), 400, 2)
+        took = time.monotonic() - killed
+        assert crashed.state_type.value == "CRASHED", crashed.state
+        assert _alias(name) == alias_before and set(_versions(name)) == versions_before
+        # the worker comes back (`stack up` starts what is not running) and the retrain runs again
+        config = stack_mod.StackConfig.of(Settings())
+        for part in stack_mod.parts(config):
+            if part.name.startswith("worker-"):
+                stack_mod.start_part(config, part)
+        again = _start(client, RETRAIN, parameters)
+        rerun = _wait(lambda: _final(client, again.id), 600, 2)
+    assert rerun.state_type.value == "COMPLETED", rerun.state
+    assert len(set(_versions(name)) - versions_before) == 1
+    check = _ledger(loop)
+    assert check["ok"] and check["models"][name]["ledger"] == _alias(name), check
+    print(
+        f"fault 5: worker and run killed -9; flow run Crashed {took:.0f} s later, alias kept; "
+        "the retrain ran again to completion"
+    )
+
+
+# -- 6. the MLflow server's artifact disk full ----------------------------------------------------
+
+
+def test_a_full_artifact_disk_fails_the_run_and_registers_nothing(
+    loop: Stack, tmp_path: Path
+) -> None:
+    import shutil
+
+    disk = tmp_path / "artifacts"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs in CI: {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    port = _free_port_base()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(disk),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=loop.env,
+        stdout=(tmp_path / "mlflow.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        from driftloop.stack import answers
+
+        _wait(lambda: server.poll() is not None or answers(f"{url}/health"), 300)
+        assert server.poll() is None, (tmp_path / "mlflow.log").read_text()[-2000:]
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - 16 * 1024))  # 16 KiB left
+        env = {
+            "MLFLOW_TRACKING_URI": url,
+            "DRIFTLOOP_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+        }
+        started = time.monotonic()
+        done = loop.run("train", "--json", **env)
+        took = time.monotonic() - started
+        assert done.returncode != 0
+        line = _one_line_error(done)
+        from mlflow import MlflowClient
+
+        from driftloop.lineage import COMPLETE_TAG
+
+        client = MlflowClient(url)
+        assert client.search_registered_models() == [] or not client.search_model_versions(
+            f"name = '{loop.project.model_name}'"
+        )
+        runs = client.search_runs(client.search_experiments()[0].experiment_id)
+        assert all(r.data.tags.get(COMPLETE_TAG) != "true" for r in runs)
+        (disk / "filler").unlink()  # room again: the store is readable and takes the next run
+        again = loop.run("train", "--json", **env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        print(
+            f"fault 6: artifact disk full: train failed in {took:.0f} s (exit "
+            f"{done.returncode}): {line}; the next run with room registers"
+        )
+    finally:
+        server.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, 9)
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
