@@ -247,6 +247,9 @@ def parts(config: StackConfig) -> list[Part]:
         "MLFLOW_AUTH_CONFIG_PATH": str(config.home / "basic_auth.ini"),
         "MLFLOW_AUTH_ADMIN_PASSWORD": keys["admin"],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": keys["flask_key"],
+        # no job runner: it starts eight more processes (huey consumers) for jobs the loop
+        # never submits
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     worker_env = {
         **base,

@@ -765,7 +765,7 @@ def test_a_full_artifact_disk_fails_the_run_and_registers_nothing(
             "1",
         ],
         cwd=tmp_path,
-        env=loop.env,
+        env={**loop.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=(tmp_path / "mlflow.log").open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
