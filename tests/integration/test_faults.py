@@ -27,7 +27,7 @@ import pytest
 
 from tests.helpers import Project, build_project, cli_command, subprocess_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.stack]
+pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(1500)]
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 REDIS = ("127.0.0.1", 6379)
