@@ -280,8 +280,26 @@ def log_training_run(
 ) -> tuple[str, str]:
     """Log params, metrics, lineage and the model; mark the run complete last.
 
-    Returns (run_id, model_uri).
+    Returns (run_id, model_uri). A tracking server that fails on the way (5xx after its retries,
+    e.g. its artifact disk full) is a one-line RegistryError; the run, never marked complete,
+    is ended FAILED and is never registered.
     """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _log_training_run(settings, experiment, run_name, model, example, record)
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow: logging the training run failed: {failure(exc)}") from exc
+
+
+def _log_training_run(
+    settings: Settings,
+    experiment: str,
+    run_name: str,
+    model: Any,
+    example: pd.DataFrame,
+    record: RunRecord,
+) -> tuple[str, str]:
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
