@@ -25,15 +25,19 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from driftloop.errors import DriftloopError
 
 STATE_URL_ENV = "DRIFTLOOP_STATE_URL"
 GENESIS = "0" * 64
+WRITE_ATTEMPTS = 3  # a write whose connection was lost before its commit is tried again
+
+T = TypeVar("T")
 
 
 class LedgerError(DriftloopError):
@@ -275,7 +279,7 @@ class Store:
                     conn.execute(sa.insert(self.head).values(id=1, seq=0, hash=GENESIS))
         except sa.exc.IntegrityError:
             pass  # another process created the head row first
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise LedgerError(f"state store {self.safe_url}: {_first_line(exc)}") from None
 
     @property
@@ -290,9 +294,53 @@ class Store:
 
     # -- transactions ------------------------------------------------------------------------
 
-    def _transaction(self) -> Any:
-        """A write transaction that holds the ledger head (appends are serialized on it)."""
-        return _Txn(self)
+    def _write(self, work: Callable[[Any], T]) -> T:
+        """`work(conn)` in one write transaction that holds the ledger head (appends are
+        serialized on it, and checks made after it see every earlier commit).
+
+        A connection lost before the commit (a restarted server, a killed backend) wrote
+        nothing: the whole transaction is tried again, up to `WRITE_ATTEMPTS` times. Lost
+        while committing, the outcome is unknown: a one-line LedgerError says so (the next
+        move, or `ledger verify --repair`, brings the alias in line with what was written).
+        """
+        import sqlalchemy as sa
+
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            committing = False
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        sa.select(self.head.c.seq).where(self.head.c.id == 1).with_for_update()
+                    )
+                    result = work(conn)
+                    committing = True
+                return result
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                if committing:
+                    raise LedgerError(
+                        f"state store {self.safe_url}: the connection was lost while "
+                        f"committing ({_first_line(exc)}); the decision may or may not be "
+                        "recorded: `driftloop ledger verify --repair` shows and mends it"
+                    ) from None
+                if attempt == WRITE_ATTEMPTS:
+                    raise LedgerError(f"state store {self.safe_url}: {_first_line(exc)}") from None
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
+
+    def _query(self, work: Callable[[Any], T]) -> T:
+        """`work(conn)` on a read connection; a lost connection is tried again (reads change
+        nothing), any other failure is a one-line LedgerError."""
+        import sqlalchemy as sa
+
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with self.engine.connect() as conn:
+                    return work(conn)
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    raise LedgerError(f"state store {self.safe_url}: {_first_line(exc)}") from None
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
 
     def _append(self, conn: Any, event: Event) -> Recorded:
         """Append an event inside a transaction that holds the head row."""
@@ -325,8 +373,7 @@ class Store:
 
     def append(self, event: Event) -> Recorded:
         """Record one event (a decision that changes no shared state, e.g. a rejection)."""
-        with self._transaction() as conn:
-            return self._append(conn, event)
+        return self._write(lambda conn: self._append(conn, event))
 
     def events(
         self, model: str | None = None, kinds: tuple[str, ...] | None = None
@@ -339,19 +386,20 @@ class Store:
             query = query.where(self.events_table.c.model == model)
         if kinds:
             query = query.where(self.events_table.c.kind.in_(kinds))
-        with self._read() as conn:
-            rows = conn.execute(query).all()
+        rows = self._query(lambda conn: conn.execute(query).all())
         return [_recorded(row) for row in rows]
 
     def verify(self) -> Verification:
         """Recompute the chain: every edited, removed or reordered event is named."""
         import sqlalchemy as sa
 
-        with self._read() as conn:
+        def read(conn: Any) -> tuple[Any, Any]:
             rows = conn.execute(
                 sa.select(self.events_table).order_by(self.events_table.c.seq)
             ).all()
-            head = conn.execute(sa.select(self.head).where(self.head.c.id == 1)).first()
+            return rows, conn.execute(sa.select(self.head).where(self.head.c.id == 1)).first()
+
+        rows, head = self._query(read)
         problems: list[str] = []
         prev, expected = GENESIS, 1
         for row in rows:
@@ -380,10 +428,8 @@ class Store:
         """The ledger's champion of a model (None: none yet)."""
         import sqlalchemy as sa
 
-        with self._read() as conn:
-            row = conn.execute(
-                sa.select(self.champions.c.version).where(self.champions.c.model == model)
-            ).first()
+        query = sa.select(self.champions.c.version).where(self.champions.c.model == model)
+        row = self._query(lambda conn: conn.execute(query).first())
         return None if row is None else row.version
 
     def move_champion(self, event: Promotion | Rollback | Reconcile, basis: str | None) -> bool:
@@ -392,7 +438,8 @@ class Store:
         import sqlalchemy as sa
 
         version = getattr(event, "version", None)
-        with self._transaction() as conn:
+
+        def work(conn: Any) -> bool:
             current = conn.execute(
                 sa.select(self.champions.c.version).where(self.champions.c.model == event.model)
             ).first()
@@ -408,7 +455,9 @@ class Store:
                     .where(self.champions.c.model == event.model)
                     .values(**values)
                 )
-        return True
+            return True
+
+        return self._write(work)
 
     # -- claims ----------------------------------------------------------------------------------
 
@@ -416,7 +465,7 @@ class Store:
         """Take a claim (e.g. a retrain for a day) with its event; False if already taken."""
         import sqlalchemy as sa
 
-        with self._transaction() as conn:
+        def work(conn: Any) -> bool:
             taken = conn.execute(
                 sa.select(self.claims.c.seq).where(
                     (self.claims.c.model == event.model)
@@ -432,7 +481,9 @@ class Store:
                     model=event.model, what=what, key=key, seq=recorded.seq
                 )
             )
-        return True
+            return True
+
+        return self._write(work)
 
     def claim_retrain(self, event: RetrainClaim, cooldown_days: int) -> bool:
         """Claim the model's retrain for `event.day` unless one was claimed within the cooldown
@@ -440,7 +491,8 @@ class Store:
         import sqlalchemy as sa
 
         day = dt.date.fromisoformat(event.day)
-        with self._transaction() as conn:
+
+        def work(conn: Any) -> bool:
             keys = conn.execute(
                 sa.select(self.claims.c.key).where(
                     (self.claims.c.model == event.model) & (self.claims.c.what == "retrain")
@@ -455,29 +507,28 @@ class Store:
                     model=event.model, what="retrain", key=event.day, seq=recorded.seq
                 )
             )
-        return True
+            return True
+
+        return self._write(work)
 
     def claims_of(self, model: str, what: str) -> list[str]:
         """The keys claimed for a model, oldest first."""
         import sqlalchemy as sa
 
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(self.claims.c.key)
-                .where((self.claims.c.model == model) & (self.claims.c.what == what))
-                .order_by(self.claims.c.seq)
-            ).all()
-        return [row.key for row in rows]
+        query = (
+            sa.select(self.claims.c.key)
+            .where((self.claims.c.model == model) & (self.claims.c.what == what))
+            .order_by(self.claims.c.seq)
+        )
+        return [row.key for row in self._query(lambda conn: conn.execute(query).all())]
 
     # -- experiment state --------------------------------------------------------------------------
 
     def experiment_state(self, model: str) -> dict[str, Any] | None:
         import sqlalchemy as sa
 
-        with self._read() as conn:
-            row = conn.execute(
-                sa.select(self.experiments.c.state).where(self.experiments.c.model == model)
-            ).first()
+        query = sa.select(self.experiments.c.state).where(self.experiments.c.model == model)
+        row = self._query(lambda conn: conn.execute(query).first())
         return None if row is None else dict(json.loads(row.state))
 
     def save_experiment(
@@ -486,7 +537,7 @@ class Store:
         """Write a model's experiment state (and the event that changed it) in one transaction."""
         import sqlalchemy as sa
 
-        with self._transaction() as conn:
+        def work(conn: Any) -> None:
             seq = self._append(conn, event).seq if event is not None else 0
             values = {"state": _canonical(state), "seq": seq}
             found = conn.execute(
@@ -498,53 +549,7 @@ class Store:
                 where = self.experiments.c.model == model
                 conn.execute(sa.update(self.experiments).where(where).values(**values))
 
-    # -- reads -------------------------------------------------------------------------------------
-
-    def _read(self) -> Any:
-        import sqlalchemy as sa
-
-        try:
-            return self.engine.connect()
-        except sa.exc.OperationalError as exc:
-            raise LedgerError(f"state store {self.safe_url}: {_first_line(exc)}") from None
-
-
-class _Txn:
-    """`with store._transaction() as conn`: begin, commit or roll back; store errors as one line."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._ctx: Any = None
-
-    def __enter__(self) -> Any:
-        import sqlalchemy as sa
-
-        try:
-            self._ctx = self.store.engine.begin()
-            conn = self._ctx.__enter__()
-        except sa.exc.OperationalError as exc:
-            raise LedgerError(f"state store {self.store.safe_url}: {_first_line(exc)}") from None
-        head = self.store.head
-        try:
-            # every write transaction takes the ledger head first: checks made after it (is the
-            # champion still the basis? is the claim free?) see every earlier commit
-            conn.execute(sa.select(head.c.seq).where(head.c.id == 1).with_for_update())
-        except BaseException as exc:
-            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
-            if isinstance(exc, sa.exc.OperationalError):
-                raise LedgerError(
-                    f"state store {self.store.safe_url}: {_first_line(exc)}"
-                ) from None
-            raise
-        return conn
-
-    def __exit__(self, *exc_info: Any) -> Any:
-        import sqlalchemy as sa
-
-        try:
-            return self._ctx.__exit__(*exc_info)
-        except sa.exc.OperationalError as exc:
-            raise LedgerError(f"state store {self.store.safe_url}: {_first_line(exc)}") from None
+        self._write(work)
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:

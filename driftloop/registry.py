@@ -116,17 +116,7 @@ def connect(settings: Settings, read_only: bool = False) -> Any:
                 with sqlite3.connect(db) as conn:
                     conn.execute("PRAGMA journal_mode=WAL")
     except RegistryError as exc:
-        root: BaseException = exc
-        for _ in range(20):  # the innermost cause: e.g. ConnectionRefusedError under 4 wrappers
-            inner = root.__cause__ or root.__context__
-            if inner is None:
-                break
-            root = inner
-        if isinstance(root, OSError):
-            reason = f"not reachable ({root.strerror or str(root) or type(root).__name__})"
-        else:
-            reason = str(exc).removeprefix("MLflow: ")
-        raise RegistryError(f"MLflow store {uri}: {reason}") from exc
+        raise RegistryError(f"MLflow store {uri}: {str(exc).removeprefix('MLflow: ')}") from exc
     READY.add(uri)
     return client
 
@@ -138,8 +128,40 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     except RegistryError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise RegistryError(f"MLflow: {exc.__class__.__name__}: {first[:300]}") from exc
+        raise RegistryError(f"MLflow: {failure(exc)}") from exc
+
+
+_GAVE_UP = re.compile(r"too many (\d{3}) error responses")
+
+
+def failure(exc: BaseException) -> str:
+    """Why a call to MLflow failed, in one line: a server that kept answering 5xx or could not
+    be reached is named as such (after the client's bounded retries), not as the HTTP library's
+    nested exception text."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 20:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(e) for e in chain)
+    tries = f"{_retries() + 1} tries"
+    if gave_up := _GAVE_UP.search(text):
+        return f"the tracking server answered HTTP {gave_up.group(1)} to {tries}; giving up"
+    for inner in reversed(chain):
+        if isinstance(inner, OSError) and not isinstance(inner, FileNotFoundError):
+            why = inner.strerror or str(inner).split(": ")[-1] or type(inner).__name__
+            return f"not reachable ({why[:200]}, {tries})"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {first[:300]}"
+
+
+def _retries() -> int:
+    import os
+
+    try:
+        return int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7"))
+    except ValueError:
+        return 7
 
 
 def ensure_experiment(settings: Settings, name: str) -> str:
@@ -261,8 +283,26 @@ def log_training_run(
 ) -> tuple[str, str]:
     """Log params, metrics, lineage and the model; mark the run complete last.
 
-    Returns (run_id, model_uri).
+    Returns (run_id, model_uri). A tracking server that fails on the way (5xx after its retries,
+    e.g. its artifact disk full) is a one-line RegistryError; the run, never marked complete,
+    is ended FAILED and is never registered.
     """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _log_training_run(settings, experiment, run_name, model, example, record)
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow: logging the training run failed: {failure(exc)}") from exc
+
+
+def _log_training_run(
+    settings: Settings,
+    experiment: str,
+    run_name: str,
+    model: Any,
+    example: pd.DataFrame,
+    record: RunRecord,
+) -> tuple[str, str]:
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature

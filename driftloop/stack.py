@@ -72,11 +72,19 @@ class StackConfig:
         env = os.environ
         base = int(env.get("DRIFTLOOP_STACK_PORT_BASE", "0") or 0)
         ports = (4210, 5210, 8210) if not base else (base, base + 1, base + 2)
+        dbs = env.get("DRIFTLOOP_STACK_REDIS_DBS", "")
+        try:
+            messaging, docket = (int(d) for d in dbs.split(",")) if dbs else cls.redis_dbs
+        except ValueError:
+            raise StackError(
+                f"DRIFTLOOP_STACK_REDIS_DBS={dbs!r}: give two Redis database numbers, e.g. 6,7"
+            ) from None
         return cls(
             home=settings.state_dir / "stack",
             project=settings.project,
             postgres=env.get("DRIFTLOOP_STACK_POSTGRES", cls.postgres).rstrip("/"),
             redis=env.get("DRIFTLOOP_STACK_REDIS", cls.redis).rstrip("/"),
+            redis_dbs=(messaging, docket),
             prefix=env.get("DRIFTLOOP_STACK_PREFIX", cls.prefix),
             prefect_port=ports[0],
             mlflow_port=ports[1],
@@ -239,6 +247,9 @@ def parts(config: StackConfig) -> list[Part]:
         "MLFLOW_AUTH_CONFIG_PATH": str(config.home / "basic_auth.ini"),
         "MLFLOW_AUTH_ADMIN_PASSWORD": keys["admin"],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": keys["flask_key"],
+        # no job runner: it starts eight more processes (huey consumers) for jobs the loop
+        # never submits
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     worker_env = {
         **base,
@@ -537,8 +548,14 @@ def migrate(config: StackConfig) -> None:
 def ensure_identities(config: StackConfig) -> None:
     """The training identity (may write experiments and the registry) and the read-only one."""
     keys = stack_secrets(config)
-    os.environ["MLFLOW_TRACKING_USERNAME"] = "admin"
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = keys["admin"]
+    # creating a user hashes its password on the server: seconds on a busy machine, so the
+    # client's usual 5 s read timeout is too short here
+    saved = {k: os.environ.get(k) for k in _IDENTITY_ENV}
+    os.environ.update(
+        MLFLOW_TRACKING_USERNAME="admin",
+        MLFLOW_TRACKING_PASSWORD=keys["admin"],
+        MLFLOW_HTTP_REQUEST_TIMEOUT="120",
+    )
     try:
         from mlflow.server.auth.client import AuthServiceClient
 
@@ -555,9 +572,22 @@ def ensure_identities(config: StackConfig) -> None:
                 client.add_role_permission(role.id, resource, "*", "EDIT")
         with contextlib.suppress(Exception):
             client.assign_role("trainer", role.id)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise StackError(f"MLflow identities at {config.mlflow_url}: {first[:300]}") from None
     finally:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
-        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_IDENTITY_ENV = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
 
 
 def _call_quiet(fn: Any, *args: Any) -> Any:
