@@ -31,6 +31,7 @@ JSON goes to bench/results/ingest.json.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import hashlib
@@ -92,7 +93,7 @@ def params_for(source: Any) -> dict[str, Any]:
 # -- sources -----------------------------------------------------------------------------------
 
 
-class Source:
+class Source(abc.ABC):
     """One source kind in one project: `add(frame)` is a week arriving at the source."""
 
     kind = ""
@@ -100,11 +101,13 @@ class Source:
     def __init__(self, project: Path, url: str | None = None) -> None:
         self.project, self.url = project, url
 
+    @abc.abstractmethod
     def spec(self) -> Any:
-        raise NotImplementedError
+        """The `data.source` value of this kind."""
 
+    @abc.abstractmethod
     def add(self, frame: pd.DataFrame) -> None:
-        raise NotImplementedError
+        """A week of rows arrives at the source."""
 
     def env(self) -> dict[str, str]:
         return {URL_ENV: self.url} if self.url else {}

@@ -68,6 +68,7 @@ def move(
     decision was based on): the ledger first, then the alias. None when applied, else why not."""
     store = store_of(settings)
     reconcile(settings, client, event.model)
+    registry.get_version(client, event.model, event.version)  # never a champion MLflow lacks
     if not store.move_champion(event, basis):
         now = store.champion(event.model)
         return f"champion moved to v{now} during the decision (based on v{basis}); not applied"

@@ -18,6 +18,7 @@ that sends every `driftloop.*` event to it (Slack, Teams or e-mail gateways take
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 EVENTS = (
@@ -82,11 +83,9 @@ def add_webhook(url: str, name: str = AUTOMATION) -> dict[str, str]:
         json_data={"text": "{{subject}}: {{body}}", "subject": "{{subject}}", "body": "{{body}}"},
     )
     block_id = block.save(name, overwrite=True)
-    try:
+    with contextlib.suppress(Exception):  # none of that name yet (Prefect raises, not None)
         old: Any = Automation.read(name=name)
         old.delete()
-    except Exception:
-        pass
     automation: Any = Automation(
         name=name,
         description="Every driftloop event (drift, retrain, promotion, rollback, cannot evaluate, "
