@@ -137,7 +137,8 @@ def test_the_stocks_model_is_monitored_on_a_later_year(
     result = cli("--params", str(params), "monitor", "--retrain", "off", "--json")
     assert result.exit_code in (0, 7), result.stderr
     payload = json.loads(result.stdout)
-    assert payload["champion"] == "1"
+    champion = project.mlflow_client().get_model_version_by_alias("stock_rise", "champion")
+    assert payload["champion"] == str(champion.version) == "2"  # v1 passed the gate, v2 its refit
     assert payload["drift"] is not None
     kinds = {c["column"]: c["kind"] for c in payload["drift"]["columns"]}
     assert kinds == {"price": "numerical", "symbol": "categorical"}
