@@ -696,11 +696,13 @@ def verdict(comparison: dict[str, dict[str, Any]]) -> dict[str, Any]:
     sentences += [
         s for s in (versus_best_cadence(loop, cadences), versus_windows(windows_rows)) if s
     ]
-    won = [comparison[k]["label"] for k, v in beaten.items() if v]
+    won = [k for k, v in beaten.items() if v]
+    lost = [comparison[k]["label"] for k, v in beaten.items() if not v]
     headline = (
         f"The loop (ROC AUC {loop['roc_auc']:.3f}, log loss {loop['log_loss']:.3f}, "
-        f"{loop['retrains']} retrains) beat {len(won)} of {len(beaten)} baselines "
-        "on both ROC AUC and log loss (the random trigger: above its 90th percentile)."
+        f"{loop['retrains']} retrains) beat {len(won)} of {len(beaten)} baselines on both ROC AUC "
+        "and log loss (a random trigger only above its 90th percentile)"
+        + (f"; not beaten: {', '.join(lost)}." if lost else ".")
         if _finite(loop.get("roc_auc")) and _finite(loop.get("log_loss"))
         else "The loop's ROC AUC or log loss is not defined on these rows: nothing is beaten."
     )
