@@ -134,7 +134,7 @@ def test_coalesced_requests_see_the_history_they_see_one_by_one(
 
     one_by_one = served([[r] for r in requests])
     together = served([requests])
-    assert together == one_by_one
+    assert together == pytest.approx(one_by_one, rel=1e-9)  # the same history; BLAS rounding aside
     in_date_order = served([[rows]])  # negative control: Feb 6-10 then see Feb 1-5 as history
     assert in_date_order[5:] != one_by_one[:5]
 
