@@ -54,9 +54,9 @@ def test_monitor_flow_retrains_in_a_subflow_and_registers_a_version(
     )
     assert "drift" in fired_signals(lineage.trigger)
     assert lineage.until == pd.Timestamp(AS_OF)  # trained up to the monitored day, no further
-    window = project.params.retrain.window_days
-    expected = None if window is None else pd.Timestamp(AS_OF) - pd.Timedelta(days=window)
-    assert lineage.since == expected  # all accepted data when the window is growing
+    retrain_window = project.params.retrain
+    assert retrain_window.window == "growing"  # the shipped default
+    assert lineage.since is None  # all accepted data when the window is growing
     assert len(retrain_claims(project)) == 1
 
 

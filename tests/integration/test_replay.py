@@ -161,7 +161,8 @@ def test_report_compares_the_loop_with_every_baseline(report: dict[str, Any]) ->
     retrained_before_the_end = sum(s["retrained"] for s in steps[:-1])
     assert random["retrains"] == retrained_before_the_end
     assert [s["seed"] for s in random["seeds"]] == list(range(10))
-    assert random["roc_auc_p10"] <= random["roc_auc"] <= random["roc_auc_p90"]
+    tol = 1e-12  # equal draws: the mean and the percentiles differ in the last bit
+    assert random["roc_auc_p10"] - tol <= random["roc_auc"] <= random["roc_auc_p90"] + tol
     judged = {r["n_predictions"] for r in comparison.values()}
     assert judged == {27}
 
