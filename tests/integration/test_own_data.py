@@ -56,7 +56,7 @@ def test_run_twice_trains_once_and_names_reach_mlflow(
     assert "holdout_store name/Café Zürich_roc_auc" in run.data.metrics  # valid as it is
 
     status = cli("--params", str(params), "status", "--json").json()
-    assert status["champion"]["version"] == first["version"]
+    assert status["champion"]["version"] == second["version"]
 
 
 def test_train_and_monitor_run_twice_and_say_the_same(
