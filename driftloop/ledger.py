@@ -36,6 +36,7 @@ from driftloop.errors import DriftloopError
 STATE_URL_ENV = "DRIFTLOOP_STATE_URL"
 GENESIS = "0" * 64
 WRITE_ATTEMPTS = 3  # a write whose connection was lost before its commit is tried again
+SQLITE_BUSY_S = 60.0  # how long a SQLite store waits for another process's lock
 
 T = TypeVar("T")
 
@@ -219,7 +220,7 @@ class Store:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(url, connect_args={"timeout": 60})
+            engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_S})
             sa.event.listen(engine, "connect", _sqlite_connect)
             sa.event.listen(engine, "begin", _sqlite_begin)
         else:
@@ -553,9 +554,28 @@ class Store:
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event issues the BEGIN itself
-    dbapi_conn.execute("PRAGMA journal_mode=WAL")
-    dbapi_conn.execute("PRAGMA busy_timeout=60000")
+    """Autocommit driver (the "begin" event issues BEGIN IMMEDIATE), a 60 s busy wait, WAL.
+
+    Switching a new database to WAL needs its exclusive lock and SQLite answers "database
+    is locked" at once, without waiting, when another process holds any lock on it (several
+    workers opening a new store together): the switch is tried again until the deadline.
+    Once the file is in WAL mode it stays so and the switch is skipped.
+    """
+    import sqlite3
+
+    dbapi_conn.isolation_level = None
+    dbapi_conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_S * 1000)}")
+    deadline = time.monotonic() + SQLITE_BUSY_S
+    while True:
+        try:
+            mode = dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _sqlite_begin(conn: Any) -> None:
