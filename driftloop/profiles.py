@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ import pandas as pd
 from driftloop.config import CATEGORICAL_DTYPES, Params
 from driftloop.datastore import NS_DTYPE, as_ns, batch_files
 
+MERGED = "accepted.npz"  # all accepted batches' summaries merged, beside the per-batch files
 GRID = np.linspace(0.0, 1.0, 201)  # quantile sketch: every half percent
+FINE_GRID = np.linspace(0.0, 1.0, 2001)  # the merged sketch of many batches: every 0.05 %
 NAT = np.iinfo(np.int64).min
 NUMERIC_DTYPES = frozenset({"float", "int"})
 _VERSION = 1  # bump when the summary's content changes
@@ -228,6 +231,37 @@ class AcceptedProfile:
         parts = list(profiles)
         if not parts:
             return cls()
+        return cls._merge(parts)
+
+    def including(self, profiles: Iterable[BatchProfile]) -> AcceptedProfile:
+        """This profile with more batches merged in (each numeric column's sketches collapsed
+        into one, so what is kept stays the same size however many batches it covers)."""
+        parts = list(profiles)
+        if self.rows == 0 and len(self.keys) == 0:
+            return AcceptedProfile.merge(parts).compact()
+        merged = AcceptedProfile._merge([self._as_batch(), *parts])
+        return merged.compact()
+
+    def compact(self) -> AcceptedProfile:
+        """The same profile with each column's sketches collapsed into one."""
+        sketches = {name: [collapsed(parts)] for name, parts in self.sketches.items() if parts}
+        return AcceptedProfile(
+            self.rows, self.keys, self.identities, self.newest, self.categories, sketches
+        )
+
+    def _as_batch(self) -> BatchProfile:
+        one = self.compact()
+        return BatchProfile(
+            one.rows,
+            one.keys,
+            one.identities,
+            NAT if one.newest is None else int(one.newest.value),
+            {k: sorted(v, key=str) for k, v in one.categories.items()},
+            {k: v[0] for k, v in one.sketches.items()},
+        )
+
+    @classmethod
+    def _merge(cls, parts: list[BatchProfile]) -> AcceptedProfile:
         keys = np.concatenate([p.keys for p in parts])
         identities = np.concatenate([p.identities for p in parts])
         order = np.argsort(keys, kind="stable")
@@ -278,16 +312,36 @@ def merged_quantiles(
     parts: list[tuple[int, list[float]]], probabilities: tuple[float, float]
 ) -> tuple[float, float]:
     """Quantiles of the union of batches from their sketches (exact for a single batch)."""
+    low, high = _merged_points(parts, np.asarray(probabilities, dtype=float))
+    return float(low), float(high)
+
+
+def _grid(points: np.ndarray) -> np.ndarray:
+    """The probabilities of a sketch's points: evenly spaced (GRID for one batch's sketch)."""
+    return GRID if len(points) == len(GRID) else np.linspace(0.0, 1.0, len(points))
+
+
+def _merged_points(parts: list[tuple[int, list[float]]], probabilities: np.ndarray) -> np.ndarray:
     if len(parts) == 1:
         points = np.asarray(parts[0][1])
-        return tuple(float(np.interp(p, GRID, points)) for p in probabilities)  # type: ignore[return-value]
+        return np.interp(probabilities, _grid(points), points)
     weights = np.array([n for n, _ in parts], dtype=float)
     sketches = [np.asarray(points) for _, points in parts]
     xs = np.unique(np.concatenate(sketches))
     pairs = zip(weights, sketches, strict=True)
-    cdf = sum(w * np.interp(xs, s, GRID, left=0.0, right=1.0) for w, s in pairs)
+    cdf = sum(w * np.interp(xs, s, _grid(s), left=0.0, right=1.0) for w, s in pairs)
     cdf = np.maximum.accumulate(np.asarray(cdf) / weights.sum())
-    return tuple(float(np.interp(p, cdf, xs)) for p in probabilities)  # type: ignore[return-value]
+    return np.interp(probabilities, cdf, xs)
+
+
+def collapsed(parts: list[tuple[int, list[float]]]) -> tuple[int, list[float]]:
+    """Several batches' sketches as one sketch of their union (their rows summed), on a grid
+    ten times finer than a batch's, so that merging batches in one at a time stays as close to
+    merging all of them at once as a batch's own sketch is to its rows."""
+    if len(parts) == 1:
+        return parts[0]
+    points = np.maximum.accumulate(_merged_points(parts, FINE_GRID))
+    return sum(n for n, _ in parts), points.tolist()
 
 
 # -- cached per batch file ------------------------------------------------------------------------
@@ -332,10 +386,30 @@ def cache_folder(state_dir: Path, raw_dir: Path, spec: ProfileSpec) -> Path:
 
 
 def accepted_profile(raw_dir: Path, params: Params, state_dir: Path) -> AcceptedProfile:
-    """The profile of all accepted data, merged from cached per-batch summaries."""
+    """The profile of all accepted data.
+
+    Kept merged in one file beside the per-batch summaries, with the names of the batch files
+    it covers (a batch file's name holds its content hash): when it covers some of today's
+    files and no file that is gone, only the new files' summaries are merged into it, so the
+    cost follows the new batches. Anything else (a batch removed, a damaged file) rebuilds it
+    from every batch's summary.
+    """
     spec = ProfileSpec.of(params)
     folder = cache_folder(state_dir, raw_dir, spec)
-    return AcceptedProfile.merge(PROFILES.get(b.path, spec, folder) for b in batch_files(raw_dir))
+    files = batch_files(raw_dir)
+    names = [b.path.name for b in files]
+    stored = _load_merged(folder / MERGED)
+    if stored is not None and stored[0] <= set(names):
+        covered, profile = stored
+        new = [b for b in files if b.path.name not in covered]
+        if not new:
+            return profile
+        profile = profile.including(PROFILES.get(b.path, spec, folder) for b in new)
+    else:
+        profile = AcceptedProfile.merge(PROFILES.get(b.path, spec, folder) for b in files)
+        profile = profile.compact()
+    _save_merged(folder / MERGED, names, profile)
+    return profile
 
 
 def remember(
@@ -370,6 +444,51 @@ def _save(path: Path, profile: BatchProfile) -> None:
         meta=np.array(json.dumps(meta, default=_json_default)),
     )
     tmp.replace(path)
+
+
+def _save_merged(path: Path, names: list[str], profile: AcceptedProfile) -> None:
+    meta = {
+        "version": _VERSION,
+        "covers": names,
+        "rows": profile.rows,
+        "newest": NAT if profile.newest is None else int(profile.newest.value),
+        "categories": {k: sorted(v, key=str) for k, v in profile.categories.items()},
+        "sketches": profile.sketches,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(
+        tmp,
+        keys=profile.keys,
+        identities=profile.identities,
+        meta=np.array(json.dumps(meta, default=_json_default)),
+    )
+    tmp.replace(path)
+
+
+def _load_merged(path: Path) -> tuple[set[str], AcceptedProfile] | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            meta = json.loads(str(stored["meta"]))
+            if meta.get("version") != _VERSION:
+                return None
+            sketches = {
+                k: [(int(n), list(p)) for n, p in parts] for k, parts in meta["sketches"].items()
+            }
+            newest = int(meta["newest"])
+            profile = AcceptedProfile(
+                int(meta["rows"]),
+                stored["keys"],
+                stored["identities"],
+                None if newest == NAT else pd.Timestamp(newest),
+                {k: frozenset(v) for k, v in meta["categories"].items()},
+                sketches,
+            )
+            return set(meta["covers"]), profile
+    except (OSError, ValueError, KeyError, TypeError):  # damaged: rebuilt from the batches
+        return None
 
 
 def _json_default(value: Any) -> Any:

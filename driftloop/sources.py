@@ -330,7 +330,7 @@ def read_growing_file(
         return replace(batch, receipt=Receipt(key, whole))
     content = path.read_bytes()
     end = len(content)  # a last line without a newline counts as whole (read again next time)
-    start = _unchanged_offset(content, seen)
+    start, prefix = _unchanged_offset(content, seen)
     header_end = content.find(b"\n") + 1
     if start > 0 and header_end > 0 and end <= start:
         batch = RawBatch(pd.DataFrame(), origin=str(path), path=path, incremental=True)
@@ -340,29 +340,31 @@ def read_growing_file(
         batch = replace(batch, incremental=True)
     else:
         batch = parse_csv_bytes(content, path, role.text_columns, _times(role))
-        start = 0
+        start, prefix = 0, hashlib.sha256()
     batch = _held_back(batch, role, until)
     done = batch.held_back == 0 and batch.read_error is None
     offset = end if done else start
+    if done:
+        prefix.update(memoryview(content)[start:end])  # the prefix's hash goes on, not again
     value: dict[str, Any] = {
         **stamp,
         "offset": offset,
-        "prefix_sha256": hashlib.sha256(content[:offset]).hexdigest(),
+        "prefix_sha256": prefix.hexdigest(),
         "complete": done,
     }
     return replace(batch, receipt=Receipt(key, value))
 
 
-def _unchanged_offset(content: bytes, seen: dict[str, Any]) -> int:
-    """The offset read up to last time, if the bytes before it are unchanged (else 0)."""
+def _unchanged_offset(content: bytes, seen: dict[str, Any]) -> tuple[int, Any]:
+    """The offset read up to last time, if the bytes before it are unchanged (else 0), and the
+    running sha256 of the bytes before that offset."""
     offset = int(seen.get("offset") or 0)
-    if offset <= 0 or offset > len(content):
-        return 0
-    if content[offset - 1 : offset] != b"\n":
-        return 0
-    if hashlib.sha256(content[:offset]).hexdigest() != seen.get("prefix_sha256"):
-        return 0
-    return offset
+    if offset <= 0 or offset > len(content) or content[offset - 1 : offset] != b"\n":
+        return 0, hashlib.sha256()
+    prefix = hashlib.sha256(memoryview(content)[:offset])
+    if prefix.hexdigest() != seen.get("prefix_sha256"):
+        return 0, hashlib.sha256()
+    return offset, prefix
 
 
 def parse_csv_bytes(
