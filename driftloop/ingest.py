@@ -423,10 +423,9 @@ class ValidatedBatches:
     after 200 (verdicts kept in one file by an earlier version are still read)."""
 
     def __init__(self, state_dir: Path, raw_dir: Path, fingerprint: str) -> None:
-        import hashlib
-
-        where = hashlib.sha256(str(raw_dir.resolve()).encode()).hexdigest()[:8]
-        self.folder = state_dir / "validated" / f"{where}-{fingerprint}"
+        self.folder = (
+            state_dir / "validated" / f"{profiles.folder_tag(state_dir, raw_dir)}-{fingerprint}"
+        )
         self._legacy_path = self.folder.with_name(f"{self.folder.name}.json")
         self._legacy: dict[str, Any] | None = None
 

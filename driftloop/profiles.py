@@ -381,8 +381,14 @@ PROFILES = ProfileCache()
 
 def cache_folder(state_dir: Path, raw_dir: Path, spec: ProfileSpec) -> Path:
     """Where a data folder's batch summaries are kept for this spec."""
-    where = hashlib.sha256(str(raw_dir.resolve()).encode()).hexdigest()[:8]
-    return state_dir / "profiles" / f"{where}-{spec.fingerprint}"
+    return state_dir / "profiles" / f"{folder_tag(state_dir, raw_dir)}-{spec.fingerprint}"
+
+
+def folder_tag(state_dir: Path, raw_dir: Path) -> str:
+    """A short name for a data folder, from its path relative to the state folder: a project
+    moved or copied whole (state and data together) keeps its caches."""
+    where = os.path.relpath(raw_dir.resolve(), state_dir.resolve())
+    return hashlib.sha256(where.encode()).hexdigest()[:8]
 
 
 def accepted_profile(raw_dir: Path, params: Params, state_dir: Path) -> AcceptedProfile:
