@@ -441,15 +441,7 @@ def _save(path: Path, profile: BatchProfile) -> None:
         "categories": profile.categories,
         "sketches": profile.sketches,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(
-        tmp,
-        keys=profile.keys,
-        identities=profile.identities,
-        meta=np.array(json.dumps(meta, default=_json_default)),
-    )
-    tmp.replace(path)
+    _write(path, profile.keys, profile.identities, meta)
 
 
 def _save_merged(path: Path, names: list[str], profile: AcceptedProfile) -> None:
@@ -461,14 +453,15 @@ def _save_merged(path: Path, names: list[str], profile: AcceptedProfile) -> None
         "categories": {k: sorted(v, key=str) for k, v in profile.categories.items()},
         "sketches": profile.sketches,
     }
+    _write(path, profile.keys, profile.identities, meta)
+
+
+def _write(path: Path, keys: np.ndarray, identities: np.ndarray, meta: dict[str, Any]) -> None:
+    """One summary file, written whole or not at all (a temporary file of this process, renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(
-        tmp,
-        keys=profile.keys,
-        identities=profile.identities,
-        meta=np.array(json.dumps(meta, default=_json_default)),
-    )
+    meta_text = np.array(json.dumps(meta, default=_json_default))
+    np.savez(tmp, keys=keys, identities=identities, meta=meta_text)
     tmp.replace(path)
 
 
