@@ -307,8 +307,10 @@ def timed(case: Case, step: str, env: dict[str, str], work: Path) -> dict[str, A
 
 
 def measure(cases: list[Case], args: argparse.Namespace, env: dict[str, str], work: Path) -> None:
+    """Each repeat times every case; a kind's two sizes run back to back, in turn first, so
+    that a load that changes over minutes hits both sides of a ratio alike."""
     for rep in range(args.repeat):
-        for case in cases:
+        for case in sorted(cases, key=lambda c: (c.kind, c.earlier * (-1) ** rep)):
             case.source.add(week(case.next_week, args.rows))
             case.next_week += 1
             for step in STEPS:
