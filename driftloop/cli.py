@@ -303,11 +303,16 @@ def init(
                 name=name,
             )
             written, proposal = scaffold.scaffold(request, project, Path(out).absolute(), force)
+            from driftloop import versioning
+
+            settings = Settings()
+            set_up = versioning.set_up(settings.project, settings.state_dir / "dvc-remote")
         except DriftloopError as exc:
             _fail(exc)
             return
-        summary = {"path": str(written), **proposal.summary()}
-        text = f"{written}\n" + "".join(f"warning: {w}\n" for w in proposal.warnings)
+        summary = {"path": str(written), "dvc": set_up, **proposal.summary()}
+        text = f"{written}\n" + (f"{set_up}\n" if set_up else "")
+        text += "".join(f"warning: {w}\n" for w in proposal.warnings)
         _emit(summary, as_json, text.rstrip("\n"))
 
 

@@ -211,6 +211,8 @@ def ingest_source(
     spec = data_source(params, source)
     role = Role.data(params)
     raw_dir = settings.path(params.data.raw_dir)
+    if version:
+        versioning.require_repo(settings.project)
     with versioning.project_lock(settings.lock_dir, DATA_LOCK):
         ledger = SourceLedger.of(settings, params.train.model_name, role.name)
         newest = datastore.last_accepted_time(raw_dir, params)
@@ -562,6 +564,8 @@ def ingest_label_source(
         )
     role = Role.labels(params)
     labels_dir = settings.path(params.data.labels_dir)
+    if version:
+        versioning.require_repo(settings.project)
     with versioning.project_lock(settings.lock_dir, DATA_LOCK):
         ledger = SourceLedger.of(settings, params.train.model_name, role.name)
         known = labels.accepted(labels_dir, params)

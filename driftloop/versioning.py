@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +27,6 @@ def project_lock(lock_dir: Path, name: str, timeout: float = 600) -> Iterator[No
 
 
 def _repo(root: Path) -> Any:
-    import logging
-
     from dvc.repo import Repo
 
     logging.getLogger("dvc").setLevel(logging.WARNING)  # no "To track the changes with git" hints
@@ -37,6 +36,81 @@ def _repo(root: Path) -> Any:
         raise IngestError(
             f"{root}: not a DVC repository ({exc.__class__.__name__}); run `dvc init` there"
         ) from None
+
+
+def dvc_root(root: Path) -> Path | None:
+    """The DVC repository that holds `root` (it or a parent with a .dvc folder), if any."""
+    for folder in (root.resolve(), *root.resolve().parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return None
+
+
+def require_repo(root: Path) -> None:
+    """Fail before anything is read or written when `root` is in no DVC repository."""
+    if dvc_root(root) is None:
+        raise IngestError(
+            f"{root}: not in a DVC repository; `driftloop init` sets one up (or `dvc init`, "
+            "`--no-scm` outside git, and a default remote)"
+        )
+
+
+def set_up(root: Path, remote: Path) -> str | None:
+    """Make `root` a DVC repository (`--no-scm` outside git) whose default remote is the local
+    folder `remote`, analytics off; nothing when it already is in one. What was done, or None."""
+    if dvc_root(root) is not None:
+        return None
+    import os
+
+    from dvc.repo import Repo
+
+    top = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    no_scm = top.returncode != 0
+    subdir = not no_scm and Path(top.stdout.strip()).resolve() != root.resolve()
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # no "Initialized DVC repository."
+    try:
+        repo = Repo.init(str(root), no_scm=no_scm, subdir=subdir)
+    except Exception as exc:
+        raise IngestError(f"{root}: `dvc init` failed ({_first_line(exc)})") from None
+    with contextlib.closing(repo):
+        remote.mkdir(parents=True, exist_ok=True)
+        with repo.config.edit() as conf:
+            conf["core"]["analytics"] = False
+            conf["core"]["remote"] = "local"
+            # a path relative to the working directory, which DVC stores relative to its config
+            conf["remote"]["local"] = {"url": os.path.relpath(remote.resolve())}
+    if not no_scm:
+        _git_ignore(root, remote.parent)
+    where = "without git" if no_scm else "in its git repository"
+    return f"DVC set up in {root} ({where}), default remote {remote}"
+
+
+def _git_ignore(root: Path, state_dir: Path) -> None:
+    """Keep the state folder (MLflow store, caches, the local remote) out of git."""
+    try:
+        inside = state_dir.resolve().relative_to(root.resolve())
+    except ValueError:
+        return
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(inside)], cwd=root, check=False, timeout=30
+    )
+    if ignored.returncode != 0:
+        gitignore = root / ".gitignore"
+        before = gitignore.read_text() if gitignore.exists() else ""
+        sep = "" if not before or before.endswith("\n") else "\n"
+        gitignore.write_text(f"{before}{sep}/{inside.as_posix()}/\n")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def dvc_file(root: Path, path: Path) -> Path:

@@ -310,6 +310,9 @@ def test_a_proposal_for_an_inline_table(tmp_path: object) -> None:
     proposal = scaffold.propose(table(), request(), now=NOW)
     params = proposal.params
     assert params["train"]["model_name"] == "orders"
+    # a family chosen by time-series CV; a small table retrains on all its history
+    assert set(params["train"]["candidates"]) == {"logistic", "boosting"}
+    assert params["retrain"]["window"] == "growing" and params["retrain"]["window_days"] is None
     assert params["data"]["raw_dir"] == "data/orders/raw"
     assert params["features"] == {
         "numerical": ["amount (€)", "tip"],
