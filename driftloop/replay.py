@@ -7,12 +7,10 @@ flows); this module holds the plain parts: the workspace, the step calendar, the
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import html
 import os
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from driftloop import baselines, datastore, jsonio, labels, windows
+from driftloop import baselines, datastore, jsonio, labels, versioning, windows
 from driftloop.config import Params, Settings
 from driftloop.training import score
 
@@ -109,8 +107,6 @@ def prepare_workspace(
     changes: dict[str, dict[str, Any]] | None = None,
 ) -> Settings:
     """A new project folder (git + DVC + local remote) for one replay; MLflow store shared."""
-    from dvc.repo import Repo
-
     stamp = name or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     root = settings.state_dir / "replay" / stamp
     root.mkdir(parents=True, exist_ok=False)
@@ -122,12 +118,7 @@ def prepare_workspace(
             allow_unicode=True,
         )
     )
-    with contextlib.redirect_stdout(sys.stderr):  # "Initialized DVC repository." is chatter
-        repo = Repo.init(str(root))
-    with contextlib.closing(repo), repo.config.edit() as conf:
-        conf["core"]["analytics"] = False
-        conf["core"]["remote"] = "local"
-        conf["remote"]["local"] = {"url": str(root / ".driftloop" / "dvc-remote")}
+    versioning.set_up(root, root / ".driftloop" / "dvc-remote", own=True)
     return Settings(
         project=root,
         home=root / ".driftloop",

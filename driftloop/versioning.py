@@ -55,10 +55,11 @@ def require_repo(root: Path) -> None:
         )
 
 
-def set_up(root: Path, remote: Path) -> str | None:
+def set_up(root: Path, remote: Path, *, own: bool = False) -> str | None:
     """Make `root` a DVC repository (`--no-scm` outside git) whose default remote is the local
-    folder `remote`, analytics off; nothing when it already is in one. What was done, or None."""
-    if dvc_root(root) is not None:
+    folder `remote`, analytics off; nothing when it already is in one (`own`: when it is one
+    itself, not a folder of an enclosing one). What was done, or None."""
+    if (root / ".dvc").is_dir() if own else dvc_root(root) is not None:
         return None
     import os
 

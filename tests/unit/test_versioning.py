@@ -76,3 +76,13 @@ def test_an_ingest_outside_a_repository_says_so_and_writes_nothing(tmp_path: Pat
     with pytest.raises(IngestError, match=r"not in a DVC repository.*driftloop init"):
         ingest_source(params(), settings)
     assert not (tmp_path / "data").exists()
+
+
+def test_own_makes_a_repository_of_its_own_inside_another(tmp_path: Path) -> None:
+    versioning.set_up(tmp_path, tmp_path / ".driftloop" / "dvc-remote")
+    inner = tmp_path / "replay"
+    inner.mkdir()
+    subprocess.run(["git", "init", "-q", str(inner)], check=True)
+    assert versioning.set_up(inner, inner / ".driftloop" / "dvc-remote", own=True) is not None
+    assert versioning.dvc_root(inner) == inner.resolve()
+    assert remote_url(inner) == "../.driftloop/dvc-remote"
