@@ -4,7 +4,8 @@ With calibrated probabilities p, a row predicted positive is a true positive wit
 and a false positive with probability 1 - p: summed over the window, the expected confusion
 matrix and so the expected accuracy. The expected ROC AUC counts each row once as a positive
 with weight p and once as a negative with weight 1 - p. The champion's probabilities are first
-recalibrated (isotonic) on its own holdout when it holds enough rows of both classes.
+recalibrated (isotonic) on its own holdout when it holds enough rows of both classes and the
+champion was not fitted on them (a refit on its whole window is scored in-sample there).
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ def fit_calibrator(p: np.ndarray, y: np.ndarray) -> Calibrator | None:
     model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
     model.fit(np.asarray(p, dtype=float), y)
     return Calibrator(model)
+
+
+def holdout_calibrator(p: np.ndarray, y: np.ndarray, in_fit: bool) -> Calibrator | None:
+    """The isotonic calibrator of a champion's holdout, or None when the champion was fitted on
+    those rows too (a gate winner refitted on its whole window): its predictions there are
+    in-sample, sharper than on rows it has not seen, and a map learnt from them makes every
+    estimate optimistic. The model's own calibration, chosen on out-of-fold predictions, stands."""
+    return None if in_fit else fit_calibrator(p, y)
 
 
 def expected_confusion(
