@@ -158,6 +158,11 @@ def test_estimation_error_counts_steps_within_the_tolerance() -> None:
     error = estimation_error([0.70, 0.80, None, 0.60], [0.72, 0.70, 0.75, math.nan])
     assert (error.n_steps, error.share_within) == (2, 0.5)
     assert error.mean_abs_error == pytest.approx(0.06)
+    assert math.isnan(error.share_in_interval)
+    spans = [(0.69, 0.75), (0.76, 0.80), (0.70, 0.80), (None, None)]
+    error = estimation_error([0.70, 0.75, None, 0.60], [0.72, 0.78, 0.75, 0.65], intervals=spans)
+    assert (error.n_steps, error.share_in_interval) == (3, 0.5)  # 0.70 inside, 0.75 not
+    assert error.mean_interval_width == pytest.approx(0.05)
 
 
 # --- drift thresholds calibrated on the reference ------------------------------------------------
