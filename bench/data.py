@@ -44,6 +44,31 @@ TRAIN = {
 }
 PROMOTE = {"primary_metric": "roc_auc", "min_delta": 0.0, "floor": 0.5}
 
+# What the loop needs beyond training to run `driftloop replay` on the synthetic events (sized
+# as `driftloop init` proposes for them): a week of 2023 a step after a first model on Q1.
+SYNTHETIC_LOOP: dict[str, Any] = {
+    # stores are Zipf-distributed: a rare one may first appear in a later week
+    "validation": {"max_unknown_category_share": 0.02, "distribution_margin": 0.25},
+    "monitor": {
+        "window_days": 7,
+        "min_rows": 200,
+        "min_labelled_rows": 200,
+        "method": "wasserstein",  # a K-S p-value flags any difference at thousands of rows
+        "prediction_method": "wasserstein",
+        "reference": "training",  # one year of data: no earlier season to compare with
+        "html_report": "on_action",
+    },
+    "retrain": {"window_days": 365, "schedule_every_days": 28},
+    "replay": {
+        "initial_until": "2023-03-31",
+        "end": "2023-12-31",
+        "step_days": 7,
+        "holdout_days": 30,
+        "report_dir": "reports/synthetic-replay",
+        "title": "driftloop replay: synthetic seasonal events, 2023",
+    },
+}
+
 
 @dataclass(frozen=True)
 class Made:
@@ -154,6 +179,7 @@ def synthetic_params(source: Path) -> dict[str, Any]:
         "train": {**TRAIN, "model_name": "bench_synthetic"},
         "evaluation": {"segments": ["season", "channel"], "threshold": 0.5},
         "promote": PROMOTE,
+        **SYNTHETIC_LOOP,
     }
 
 

@@ -4,7 +4,8 @@ With calibrated probabilities p, a row predicted positive is a true positive wit
 and a false positive with probability 1 - p: summed over the window, the expected confusion
 matrix and so the expected accuracy. The expected ROC AUC counts each row once as a positive
 with weight p and once as a negative with weight 1 - p. The champion's probabilities are first
-recalibrated (isotonic) on its own holdout when it holds enough rows of both classes.
+recalibrated (isotonic) on its own holdout when it holds enough rows of both classes and the
+champion was not fitted on them (a refit on its whole window is scored in-sample there).
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ def fit_calibrator(p: np.ndarray, y: np.ndarray) -> Calibrator | None:
     return Calibrator(model)
 
 
+def holdout_calibrator(p: np.ndarray, y: np.ndarray, in_fit: bool) -> Calibrator | None:
+    """The isotonic calibrator of a champion's holdout, or None when the champion was fitted on
+    those rows too (a gate winner refitted on its whole window): its predictions there are
+    in-sample, sharper than on rows it has not seen, and a map learnt from them makes every
+    estimate optimistic. The model's own calibration, chosen on out-of-fold predictions, stands."""
+    return None if in_fit else fit_calibrator(p, y)
+
+
 def expected_confusion(
     p: np.ndarray, threshold: float, predicted: np.ndarray | None = None
 ) -> tuple[float, float, float, float]:
@@ -115,6 +124,10 @@ class EstimationError:
     share_within: float  # share of steps with |estimate - realised| <= tolerance
     mean_abs_error: float
     tolerance: float
+    # share of steps whose estimate lies inside the realised value's own confidence interval
+    # (sampling error of the realised metric on the window's labelled rows); NaN: none given
+    share_in_interval: float = math.nan
+    mean_interval_width: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         def num(value: float) -> float | None:
@@ -126,7 +139,17 @@ class EstimationError:
             "share_within": num(self.share_within),
             "mean_abs_error": num(self.mean_abs_error),
             "tolerance": self.tolerance,
+            "share_in_interval": num(self.share_in_interval),
+            "mean_interval_width": num(self.mean_interval_width),
         }
+
+
+def _known(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _number(value: float | None) -> float:
+    return float(value) if value is not None else math.nan
 
 
 def estimation_error(
@@ -134,15 +157,26 @@ def estimation_error(
     realised: Sequence[float | None],
     metric: str = "roc_auc",
     tolerance: float = 0.03,
+    intervals: Sequence[tuple[float | None, float | None]] | None = None,
 ) -> EstimationError:
-    """Compare estimates with realised values where both are known (NaN/None: skipped)."""
-    pairs = [
-        (float(e), float(r))
-        for e, r in zip(estimated, realised, strict=True)
-        if e is not None and r is not None and math.isfinite(e) and math.isfinite(r)
-    ]
-    if not pairs:
+    """Compare estimates with realised values where both are known (NaN/None: skipped), and
+    with the realised values' (low, high) `intervals` where those are known too."""
+    bounds = intervals if intervals is not None else [(None, None)] * len(estimated)
+    rows = np.array(
+        [
+            [_number(e), _number(r), _number(lo), _number(hi)]
+            for e, r, (lo, hi) in zip(estimated, realised, bounds, strict=True)
+            if _known(e) and _known(r)
+        ]
+    ).reshape(-1, 4)
+    if not len(rows):
         return EstimationError(metric, 0, math.nan, math.nan, tolerance)
-    errors = np.abs(np.array([e - r for e, r in pairs]))
+    errors = np.abs(rows[:, 0] - rows[:, 1])
     within = float(np.mean(errors <= tolerance + 1e-12))
-    return EstimationError(metric, len(pairs), within, float(errors.mean()), tolerance)
+    spans = rows[np.isfinite(rows[:, 2]) & np.isfinite(rows[:, 3])]
+    est, low, high = spans[:, 0], spans[:, 2], spans[:, 3]
+    inside = float(np.mean((low <= est) & (est <= high))) if len(spans) else math.nan
+    width = float(np.mean(high - low)) if len(spans) else math.nan
+    return EstimationError(
+        metric, len(rows), within, float(errors.mean()), tolerance, inside, width
+    )

@@ -478,6 +478,7 @@ def reference(params: Params, settings: Settings, window: Window) -> Reference:
         stages.params_of(params, champion),
         scored,
         settings.state_dir,
+        holdout_in_fit=bool(champion.lineage.refit_of),
     )
     if unseen is not None:
         return Reference(frame, params.monitor.reference, unseen, own, None, "not judged")

@@ -26,6 +26,7 @@ from driftloop.training import score
 
 INITIAL_TRIGGER = "replay: initial model"
 FIT_WORKERS = 2  # the baselines' direct fits at once (threads)
+REALISED_CONFIDENCE = 0.95  # of the interval around each step's realised ROC AUC
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Step:
     estimated_accuracy: float | None = None
     realised_roc_auc: float | None = None  # the same window once every label has landed
     realised_accuracy: float | None = None
+    realised_roc_auc_low: float | None = None  # its 95 % DeLong interval (sampling error)
+    realised_roc_auc_high: float | None = None
 
 
 def step_dates(params: Params) -> list[dt.date]:
@@ -249,8 +252,10 @@ def realised_by_step(
     params: Params, ws: Settings, steps: list[Step], loop_models: dict[str, Any]
 ) -> tuple[list[Step], dict[str, Any]]:
     """Each step's monitoring window scored, once every label has landed, by the champion that
-    was monitored then; and how close the step's CBPE estimate came (share within +-0.03)."""
+    was monitored then, with its DeLong interval; and how close the step's CBPE estimate came
+    (share within +-0.03, and inside the realised value's interval)."""
     from driftloop.estimation import estimation_error
+    from driftloop.performance import delong_interval
     from driftloop.training import predict_proba, threshold_of
 
     hist = load_history(params, ws)
@@ -267,21 +272,28 @@ def realised_by_step(
         model = loop_models[str(step.champion)]
         proba = predict_proba(model, hist.X.iloc[rows])
         cut = threshold_of(model, params.evaluation.threshold)
-        metrics = score(hist.y[rows].astype(int), proba, cut)
+        y = hist.y[rows].astype(int)
+        metrics = score(y, proba, cut)
+        _, low, high = delong_interval(y, proba, REALISED_CONFIDENCE)
         out.append(
             replace(
                 step,
                 realised_roc_auc=_finite(metrics["roc_auc"]),
                 realised_accuracy=_finite(metrics["accuracy"]),
+                realised_roc_auc_low=_finite(low),
+                realised_roc_auc_high=_finite(high),
             )
         )
     summary = {
-        metric: estimation_error(
-            [getattr(s, f"estimated_{metric}") for s in out],
-            [getattr(s, f"realised_{metric}") for s in out],
-            metric,
-        ).to_dict()
-        for metric in ("roc_auc", "accuracy")
+        "roc_auc": estimation_error(
+            [s.estimated_roc_auc for s in out],
+            [s.realised_roc_auc for s in out],
+            "roc_auc",
+            intervals=[(s.realised_roc_auc_low, s.realised_roc_auc_high) for s in out],
+        ).to_dict(),
+        "accuracy": estimation_error(
+            [s.estimated_accuracy for s in out], [s.realised_accuracy for s in out], "accuracy"
+        ).to_dict(),
     }
     return out, summary
 

@@ -23,7 +23,7 @@ from driftloop import jsonio, policy
 from driftloop.config import Params
 from driftloop.domain import DomainDrift, DomainNull, calibrate_domain, domain_auc
 from driftloop.drift import CannotEvaluate, DriftSummary, column_methods
-from driftloop.estimation import Calibrator, Estimate, estimate_performance, fit_calibrator
+from driftloop.estimation import Calibrator, Estimate, estimate_performance, holdout_calibrator
 from driftloop.features import make_dataset, split_by_time
 from driftloop.importance import Importance, permutation_importance
 from driftloop.memo import Memo
@@ -46,6 +46,7 @@ class Champion:
     params: Params
     training: pd.DataFrame
     state_dir: Path
+    holdout_in_fit: bool = False  # fitted on its holdout too (a refit on the whole window)
 
 
 @dataclass(frozen=True)
@@ -158,14 +159,17 @@ def importance(champion: Champion, monitored: list[str]) -> Importance | None:
 
 
 def calibrator(champion: Champion, threshold_days: int) -> Calibrator | None:
-    """An isotonic calibrator of the champion's probabilities on its holdout (in process)."""
+    """An isotonic calibrator of the champion's probabilities on its holdout (in process); None
+    for a champion fitted on its holdout too (`estimation.holdout_calibrator`)."""
 
     def compute() -> Calibrator | None:
         rows = champion.training
         ts = pd.to_datetime(rows[champion.params.data.timestamp_column])
         holdout = rows[(ts > ts.max() - pd.Timedelta(days=threshold_days)).to_numpy()]
         holdout = holdout[holdout["label"].notna()]
-        return fit_calibrator(holdout[PREDICTION].to_numpy(), holdout["label"].to_numpy())
+        return holdout_calibrator(
+            holdout[PREDICTION].to_numpy(), holdout["label"].to_numpy(), champion.holdout_in_fit
+        )
 
     return _CACHE.get((*champion.key, "calibrator", threshold_days), compute)
 

@@ -21,6 +21,7 @@ from driftloop.estimation import (
     expected_confusion,
     expected_roc_auc,
     fit_calibrator,
+    holdout_calibrator,
 )
 from driftloop.importance import input_groups, permutation_importance
 from driftloop.performance import bootstrap_interval, delong_interval, realised_performance
@@ -131,10 +132,37 @@ def test_cbpe_on_miscalibrated_probabilities_is_off_until_recalibrated() -> None
     assert fixed.tp + fixed.fp == pytest.approx(positives.sum())  # the champion's own predictions
 
 
+def test_a_calibrator_learnt_in_sample_overstates_the_estimate() -> None:
+    """A model refitted on its holdout scores it in-sample: an isotonic map learnt there makes
+    the estimate optimistic on new rows; learnt on rows outside the fit, it is right."""
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(24_000, 5))
+    truth = 1 / (1 + np.exp(-(X[:, 0] + 0.5 * X[:, 1] - 0.5)))  # the known answer
+    y = (rng.uniform(size=truth.size) < truth).astype(int)
+    fit, unseen, new = slice(0, 8_000), slice(8_000, 16_000), slice(16_000, None)
+    model = HistGradientBoostingClassifier(max_iter=300, min_samples_leaf=5, random_state=0)
+    model.fit(X[fit], y[fit])  # overfits: in-sample probabilities far sharper than on new rows
+    p = model.predict_proba(X)[:, 1]
+    realised = roc_auc_score(y[new], p[new])
+    held_in = holdout_calibrator(p[fit], y[fit], in_fit=False)  # as if they were a holdout
+    assert held_in is not None
+    optimistic = estimate_performance(p[new], 0.5, held_in).roc_auc
+    assert optimistic - realised > 0.05
+    held_out = holdout_calibrator(p[unseen], y[unseen], in_fit=False)
+    assert held_out is not None
+    assert estimate_performance(p[new], 0.5, held_out).roc_auc == pytest.approx(realised, abs=0.01)
+    assert holdout_calibrator(p[fit], y[fit], in_fit=True) is None
+
+
 def test_estimation_error_counts_steps_within_the_tolerance() -> None:
     error = estimation_error([0.70, 0.80, None, 0.60], [0.72, 0.70, 0.75, math.nan])
     assert (error.n_steps, error.share_within) == (2, 0.5)
     assert error.mean_abs_error == pytest.approx(0.06)
+    assert math.isnan(error.share_in_interval)
+    spans = [(0.69, 0.75), (0.76, 0.80), (0.70, 0.80), (None, None)]
+    error = estimation_error([0.70, 0.75, None, 0.60], [0.72, 0.78, 0.75, 0.65], intervals=spans)
+    assert (error.n_steps, error.share_in_interval) == (3, 0.5)  # 0.70 inside, 0.75 not
+    assert error.mean_interval_width == pytest.approx(0.05)
 
 
 # --- drift thresholds calibrated on the reference ------------------------------------------------
