@@ -584,6 +584,12 @@ def _replay(steps: int | None, online: bool, experiment: str, as_json: bool) -> 
             + (f"  promotions {res['promotions']}" if "promotions" in res else "")
         )
     lines.append(f"  {summary['meta']['steps']} steps in {summary['meta']['wall_seconds']} s")
+    if refused := summary["meta"].get("quarantined_steps"):
+        typer.echo(
+            f"warning: {refused} of {summary['meta']['steps']} steps quarantined a batch (the "
+            f"replay went on without it; the report names each): {summary['report'][-1]}",
+            err=True,
+        )
     _emit(summary, as_json, "\n".join(lines))
 
 

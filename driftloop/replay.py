@@ -50,6 +50,7 @@ class Step:
     realised_accuracy: float | None = None
     realised_roc_auc_low: float | None = None  # its 95 % DeLong interval (sampling error)
     realised_roc_auc_high: float | None = None
+    quarantined: str = ""  # what the step's ingest quarantined (the replay went on without it)
 
 
 def step_dates(params: Params) -> list[dt.date]:
@@ -358,7 +359,22 @@ def _html(
         f"<ul class='sentences'>{sentences}</ul>"
         f"<h2>Every strategy and baseline, on the same {_judged_rows(comparison)} rows</h2>"
         f"{_table(comparison)}<p class='note'>{html.escape(_NOTE)}</p>"
-        f"{charts}<h2>Run</h2><ul>{notes}</ul></body></html>"
+        f"{charts}{_quarantined(steps)}<h2>Run</h2><ul>{notes}</ul></body></html>"
+    )
+
+
+def _quarantined(steps: list[Step]) -> str:
+    """The steps whose batches the gate refused (kept in quarantine; the replay went on)."""
+    refused = [s for s in steps if s.quarantined]
+    if not refused:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(s.as_of)}</b>: {html.escape(s.quarantined)}</li>" for s in refused
+    )
+    return (
+        f"<h2>Quarantined batches ({len(refused)} of {len(steps)} steps)</h2>"
+        "<p class='note'>The gate refused these batches; each step went on with the data "
+        f"accepted so far, as the running loop does.</p><ul>{items}</ul>"
     )
 
 

@@ -53,11 +53,11 @@ def replay_flow(
         for as_of in r.progress(calendar, "replaying"):
             batch_start = previous + dt.timedelta(days=1)
             champion = r.champion_version(wparams, ws)
-            r.ingest_step(wparams, ws, as_of.isoformat())
+            quarantined = r.ingest_step(wparams, ws, as_of.isoformat())
             outcome = monitor_flow(
                 as_of=as_of.isoformat(), retrain="subflow", version=False, **where
             )
-            timeline.append(r.to_step(outcome, batch_start, champion))
+            timeline.append(r.to_step(outcome, batch_start, champion, quarantined))
             previous = as_of
     r.push(ws, wparams)
     comparison = r.compare(wparams, ws, timeline)
@@ -71,6 +71,7 @@ def replay_flow(
         "step_days": wparams.replay.step_days,
         "first_model": first.get("message"),
         "estimation_error": estimation,
+        "quarantined_steps": sum(1 for s in timeline if s.quarantined),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     paths = r.report(settings.path(params.replay.report_dir), timeline, comparison, meta)

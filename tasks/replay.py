@@ -14,6 +14,7 @@ from prefect.cache_policies import NONE
 
 from driftloop import baselines, ingest, monitoring, online, registry, replay
 from driftloop.config import Params, Settings
+from driftloop.errors import ValidationFailed
 
 T = TypeVar("T")
 
@@ -32,19 +33,30 @@ def champion_version(params: Params, ws: Settings) -> str | None:
 
 
 @task(name="ingest-step", cache_policy=NONE)
-def ingest_step(params: Params, ws: Settings, until: str) -> ingest.IngestSummary:
+def ingest_step(params: Params, ws: Settings, until: str) -> str:
     """The rows that had arrived by `until` (event time) and the labels known by then (label
-    time), through the same gates.
+    time), through the same gates; what was quarantined ('' when nothing).
 
+    A quarantined batch does not end the replay: as in the running loop, its good batches are
+    stored, the step goes on with the data accepted so far, and the report names the batch.
     Versioned in bulk before each retrain and at the end, not at every step.
     """
-    result = ingest.ingest_source(params, ws, None, until, version=False)
+    refused = []
+    try:
+        ingest.ingest_source(params, ws, None, until, version=False)
+    except ValidationFailed as exc:
+        refused.append(str(exc))
     if label_source := ingest.label_spec(params):
-        ingest.ingest_label_source(params, ws, label_source, until, version=False)
-    return result
+        try:
+            ingest.ingest_label_source(params, ws, label_source, until, version=False)
+        except ValidationFailed as exc:
+            refused.append(f"labels: {exc}")
+    return "; ".join(refused)
 
 
-def to_step(outcome: dict[str, Any], batch_start: Any, champion: str | None) -> replay.Step:
+def to_step(
+    outcome: dict[str, Any], batch_start: Any, champion: str | None, quarantined: str = ""
+) -> replay.Step:
     """One timeline entry from a monitoring flow's summary."""
     retrain = outcome.get("retrain")
     drift = outcome.get("drift") or {}
@@ -65,6 +77,7 @@ def to_step(outcome: dict[str, Any], batch_start: Any, champion: str | None) -> 
         signals_fired=", ".join(s["name"] for s in signals if s["state"] == "fired"),
         estimated_roc_auc=estimate.get("roc_auc"),
         estimated_accuracy=estimate.get("accuracy"),
+        quarantined=quarantined,
     )
 
 

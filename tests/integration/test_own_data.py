@@ -106,11 +106,15 @@ def test_replay_of_a_file_source_with_late_labels_from_a_separate_file(
     assert "returns replay" in html
 
 
+BAD_DAY = "2024-02-01"
+
+
 def test_replay_of_a_folder_of_drops_with_labels_from_a_table(
     own: tuple[Project, Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each step ingests the drops' rows that had arrived by its end and the labels known by
-    then, from a folder of daily files and a SQLite table of labels."""
+    then, from a folder of daily files and a SQLite table of labels; a drop the gate refuses
+    is quarantined, named in the report, and the replay goes on."""
     import sqlalchemy as sa
 
     project, _, table = own
@@ -119,7 +123,10 @@ def test_replay_of_a_folder_of_drops_with_labels_from_a_table(
     drops.mkdir()
     days = rows[owndata.TIME].dt.strftime("%Y-%m-%d")
     for day in sorted(days.unique()):
-        rows[days == day].to_parquet(drops / f"events-{day}.parquet", index=False)
+        drop = rows[days == day].copy()
+        if day == BAD_DAY:  # one day's export in cents, with a sign error: the gate refuses it
+            drop[owndata.AMOUNT] = -100 * drop[owndata.AMOUNT]
+        drop.to_parquet(drops / f"events-{day}.parquet", index=False)
     url = f"sqlite:///{project.root / 'labels.db'}"
     engine = sa.create_engine(url)
     owndata.labels_of(table).to_sql("labels", engine, index=False)
@@ -135,11 +142,18 @@ def test_replay_of_a_folder_of_drops_with_labels_from_a_table(
     params = owndata.write_params(project.root, raw, "returns_drops")
 
     result = cli("--params", str(params), "replay", "--json")
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 0, result.stderr  # a quarantined drop does not end the replay
     summary = json.loads(result.stdout)
     report = json.loads(Path(summary["report"][0]).read_text())
     assert [s["as_of"] for s in report["timeline"]] == ["2024-01-28", "2024-02-04"]
     assert all(s["n_labelled"] > 0 for s in report["timeline"])
+    first, second = report["timeline"]
+    assert first["quarantined"] == ""
+    assert f"events-{BAD_DAY}.parquet" in second["quarantined"]
+    assert "amount" in second["quarantined"]
+    assert report["meta"]["quarantined_steps"] == 1
+    assert "Quarantined batches (1 of 2 steps)" in Path(summary["report"][1]).read_text()
+    assert "warning: 1 of 2 steps quarantined a batch" in result.stderr
     workspace = Path(summary["meta"]["workspace"])
     from driftloop.config import load_params
 
@@ -148,7 +162,7 @@ def test_replay_of_a_folder_of_drops_with_labels_from_a_table(
         pd.read_parquet(p) for p in (workspace / ws_params.data.raw_dir).glob("*.parquet")
     )
     assert accepted[owndata.TIME].max() <= pd.Timestamp("2024-02-05")  # nothing from the future
-    assert len(accepted) == (rows[owndata.TIME] < "2024-02-05").sum()
+    assert len(accepted) == ((rows[owndata.TIME] < "2024-02-05") & (days != BAD_DAY)).sum()
 
 
 def test_a_failure_after_the_batch_was_accepted_is_mended_by_running_again(

@@ -358,6 +358,26 @@ def test_a_january_week_in_fahrenheit_is_refused(
     assert all("between" in o.expectation for o in report.failures)  # within min/max: 45 < 55
 
 
+def test_a_column_with_no_value_in_the_batch_has_no_mean_to_judge(
+    seattle: pd.DataFrame, seattle_params: Params
+) -> None:
+    raw = seattle_params.model_dump()
+    raw["data"]["columns"]["wind"]["required"] = False
+    raw["validation"]["max_null_share"] = 1.0
+    params = seattle_rules(parse_params(raw))
+    history = build_history(days(seattle, "2011-12-31", "2014-12-31"), params)
+    day = days(seattle, "2015-01-04", "2015-01-05")
+    day["wind"] = np.nan
+    report = validate_batch(day, params, history=history, now=NOW)
+    assert report.success, report.summary()
+    judged = {o.column for o in report.outcomes if "mean" in o.expectation}
+    assert "wind" not in judged and "temp_max" in judged
+    day["temp_max"] = day["temp_max"] * 9 / 5 + 32  # the control: a value out of range still fails
+    assert "expect_column_mean_to_be_between(temp_max)" in failed(
+        validate_batch(day, params, history=history, now=NOW)
+    )
+
+
 def test_too_little_history_or_the_check_off_skips_the_distribution(
     seattle: pd.DataFrame, seattle_params: Params
 ) -> None:
