@@ -370,9 +370,21 @@ def _alive(pid: int) -> bool:
         return True
     try:  # a zombie child of this process is not alive
         done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
+        if done != 0:
+            return False
     except ChildProcessError:
-        return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether a process has exited but is not reaped yet: a killed part whose parent (an
+    earlier `stack up`) is gone waits for init to reap it, which can take a while."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def start_part(config: StackConfig, part: Part) -> int:
