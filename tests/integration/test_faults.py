@@ -425,6 +425,96 @@ def test_a_flipped_byte_in_the_cache_and_on_the_webdav_remote_is_named(loop: Sta
     assert _ok(loop.run("data", "verify", "--remote")).returncode == 0
 
 
+# -- 7. the Prefect API killed (-9) while flow runs are in flight on the two workers -------------
+
+
+def _taken_by(client: Any, worker: int, idle: int, parameters: dict[str, Any]) -> Any:
+    """A monitor run taken by the worker with pid `worker`: the other one (`idle`) is stopped
+    (SIGSTOP) until the run's process is up, so each worker gets a run of its own."""
+    import signal
+
+    os.kill(idle, signal.SIGSTOP)
+    try:
+        run = _start(client, MONITOR, parameters)
+        pid = _wait(lambda: _process_of(run.id), 300, 0.5)
+    finally:
+        os.kill(idle, signal.SIGCONT)
+    assert _parent(pid) == worker, (pid, _parent(pid), worker)
+    return run
+
+
+def _running_states(client: Any, run_id: Any) -> int:
+    return sum(s.type.value == "RUNNING" for s in client.read_flow_run_states(run_id))
+
+
+def _monitor_runs_since(experiment: str, since: float) -> list[Any]:
+    client = _client()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    since_ms = int(since * 1000)
+    return list(
+        client.search_runs(
+            [found.experiment_id], filter_string=f"attributes.start_time >= {since_ms}"
+        )
+    )
+
+
+def test_a_killed_prefect_api_comes_back_and_every_run_executes_once(loop: Stack) -> None:
+    import signal
+
+    from driftloop import stack as stack_mod
+    from driftloop.config import Settings
+
+    config = stack_mod.StackConfig.of(Settings())
+    api = next(p for p in stack_mod.parts(config) if p.name == "prefect-api")
+    workers = [stack_mod.pid_of(config, f"worker-{i}") for i in (1, 2)]
+    assert None not in workers, workers
+    one, two = (int(w) for w in workers if w is not None)
+    experiment = loop.project.params.monitor.experiment
+    parameters = {"as_of": AS_OF, "retrain": "off", "version": False}
+    since = time.time()
+    with _prefect(loop) as client:
+        in_flight = [
+            _taken_by(client, one, two, parameters),
+            _taken_by(client, two, one, parameters),
+        ]
+        # both runs into the monitoring sequence (its later steps need the API again)
+        _wait(
+            lambda: all(
+                _task_running(client, r.id, ("reference", "drift", "performance"))
+                for r in in_flight
+            ),
+            600,
+            0.3,
+        )
+        queued = _start(client, MONITOR, parameters)  # scheduled, taken after the restart
+        runs = [*in_flight, queued]
+        os.kill(int(stack_mod.pid_of(config, api.name) or 0), signal.SIGKILL)
+        killed = time.monotonic()
+        assert not stack_mod.answers(api.health or "", timeout=2)
+        # back the way `stack up` starts a part that is not running
+        stack_mod.start_part(config, api)
+        stack_mod.wait_healthy(config, api, 300)
+        down_for = time.monotonic() - killed
+        ended = [_wait(lambda r=r: _final(client, r.id), 900, 2) for r in runs]
+        finished = time.monotonic() - killed
+        assert [r.state_type.value for r in ended] == ["COMPLETED"] * 3, [
+            (r.state_type.value, r.state.message if r.state else "") for r in ended
+        ]
+        assert [r.run_count for r in ended] == [1, 1, 1], [r.run_count for r in ended]
+        assert [_running_states(client, r.id) for r in runs] == [1, 1, 1]
+    assert all(stack_mod.pid_of(config, f"worker-{i}") == w for i, w in ((1, one), (2, two)))
+    logged = _monitor_runs_since(experiment, since)
+    assert len(logged) == 3, [(r.info.run_name, r.info.start_time) for r in logged]
+    print(
+        f"fault 7: Prefect API killed -9 with two monitor runs in flight (one per worker) and "
+        f"one queued; API answering again {down_for:.0f} s later; all three completed "
+        f"{finished:.0f} s after the kill, each run once (run_count 1, one Running state, "
+        "one MLflow monitoring run each)"
+    )
+
+
 # -- 1b. ten promotions racing, in ten processes, on the stack's ledger and MLflow server --------
 
 
@@ -813,96 +903,6 @@ def test_a_worker_killed_mid_training_is_crashed_and_the_retrain_runs_again(loop
     print(
         f"fault 5: worker and run killed -9; flow run Crashed {took:.0f} s later, alias kept; "
         "the retrain ran again to completion"
-    )
-
-
-# -- 7. the Prefect API killed (-9) while flow runs are in flight on the two workers -------------
-
-
-def _taken_by(client: Any, worker: int, idle: int, parameters: dict[str, Any]) -> Any:
-    """A monitor run taken by the worker with pid `worker`: the other one (`idle`) is stopped
-    (SIGSTOP) until the run's process is up, so each worker gets a run of its own."""
-    import signal
-
-    os.kill(idle, signal.SIGSTOP)
-    try:
-        run = _start(client, MONITOR, parameters)
-        pid = _wait(lambda: _process_of(run.id), 300, 0.5)
-    finally:
-        os.kill(idle, signal.SIGCONT)
-    assert _parent(pid) == worker, (pid, _parent(pid), worker)
-    return run
-
-
-def _running_states(client: Any, run_id: Any) -> int:
-    return sum(s.type.value == "RUNNING" for s in client.read_flow_run_states(run_id))
-
-
-def _monitor_runs_since(experiment: str, since: float) -> list[Any]:
-    client = _client()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    since_ms = int(since * 1000)
-    return list(
-        client.search_runs(
-            [found.experiment_id], filter_string=f"attributes.start_time >= {since_ms}"
-        )
-    )
-
-
-def test_a_killed_prefect_api_comes_back_and_every_run_executes_once(loop: Stack) -> None:
-    import signal
-
-    from driftloop import stack as stack_mod
-    from driftloop.config import Settings
-
-    config = stack_mod.StackConfig.of(Settings())
-    api = next(p for p in stack_mod.parts(config) if p.name == "prefect-api")
-    workers = [stack_mod.pid_of(config, f"worker-{i}") for i in (1, 2)]
-    assert None not in workers, workers
-    one, two = (int(w) for w in workers if w is not None)
-    experiment = loop.project.params.monitor.experiment
-    parameters = {"as_of": AS_OF, "retrain": "off", "version": False}
-    since = time.time()
-    with _prefect(loop) as client:
-        in_flight = [
-            _taken_by(client, one, two, parameters),
-            _taken_by(client, two, one, parameters),
-        ]
-        # both runs into the monitoring sequence (its later steps need the API again)
-        _wait(
-            lambda: all(
-                _task_running(client, r.id, ("reference", "drift", "performance"))
-                for r in in_flight
-            ),
-            600,
-            0.3,
-        )
-        queued = _start(client, MONITOR, parameters)  # scheduled, taken after the restart
-        runs = [*in_flight, queued]
-        os.kill(int(stack_mod.pid_of(config, api.name) or 0), signal.SIGKILL)
-        killed = time.monotonic()
-        assert not stack_mod.answers(api.health or "", timeout=2)
-        # back the way `stack up` starts a part that is not running
-        stack_mod.start_part(config, api)
-        stack_mod.wait_healthy(config, api, 300)
-        down_for = time.monotonic() - killed
-        ended = [_wait(lambda r=r: _final(client, r.id), 900, 2) for r in runs]
-        finished = time.monotonic() - killed
-        assert [r.state_type.value for r in ended] == ["COMPLETED"] * 3, [
-            (r.state_type.value, r.state.message if r.state else "") for r in ended
-        ]
-        assert [r.run_count for r in ended] == [1, 1, 1], [r.run_count for r in ended]
-        assert [_running_states(client, r.id) for r in runs] == [1, 1, 1]
-    assert all(stack_mod.pid_of(config, f"worker-{i}") == w for i, w in ((1, one), (2, two)))
-    logged = _monitor_runs_since(experiment, since)
-    assert len(logged) == 3, [(r.info.run_name, r.info.start_time) for r in logged]
-    print(
-        f"fault 7: Prefect API killed -9 with two monitor runs in flight (one per worker) and "
-        f"one queued; API answering again {down_for:.0f} s later; all three completed "
-        f"{finished:.0f} s after the kill, each run once (run_count 1, one Running state, "
-        "one MLflow monitoring run each)"
     )
 
 
