@@ -17,7 +17,15 @@ from typing import Any
 from driftloop import registry
 from driftloop.config import Settings
 from driftloop.errors import RegistryError
-from driftloop.ledger import Promotion, Reconcile, Recorded, Rollback, Store, open_store
+from driftloop.ledger import (
+    LedgerError,
+    Promotion,
+    Reconcile,
+    Recorded,
+    Rollback,
+    Store,
+    open_store,
+)
 from driftloop.lineage import Verdict
 
 
@@ -72,8 +80,28 @@ def move(
     if not store.move_champion(event, basis):
         now = store.champion(event.model)
         return f"champion moved to v{now} during the decision (based on v{basis}); not applied"
-    registry.set_alias(client, event.model, registry.CHAMPION, event.version)
+    follow_ledger(store, client, event.model, event.version)
     return None
+
+
+FOLLOW_ATTEMPTS = 10
+
+
+def follow_ledger(store: Store, client: Any, name: str, version: str) -> None:
+    """Set the alias to `version`, the ledger's champion a moment ago, until a read of the ledger
+    after the write agrees with it. A move that lands between another's ledger commit and its
+    alias write may write its alias first; the slower write would then leave the alias behind
+    the ledger. Whichever write comes last was checked against the ledger after it, so once moves
+    stop, the alias is the ledger's champion."""
+    for _ in range(FOLLOW_ATTEMPTS):
+        registry.set_alias(client, name, registry.CHAMPION, version)
+        try:
+            now = store.champion(name)
+        except LedgerError:
+            return  # the move is recorded; the next move (or `ledger verify --repair`) reconciles
+        if now is None or now == version:
+            return
+        version = now
 
 
 def record(settings: Settings, event: Promotion) -> Recorded:

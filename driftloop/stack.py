@@ -32,7 +32,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ WORKERS = 2
 HEARTBEAT_SECONDS = 30  # Prefect's minimum
 ZOMBIE_WITHIN_SECONDS = 90  # a run without a heartbeat this long is crashed
 ZOMBIE_AUTOMATION = "driftloop-crash-zombie-runs"
+CLIENT_RETRIES = 7  # Prefect's default is 5 (about 1 min): too short for an API restart
 
 
 class StackError(DriftloopError):
@@ -256,6 +257,9 @@ def parts(config: StackConfig) -> list[Part]:
         **client_env(config),
         "PREFECT_HOME": str(config.home / "prefect"),
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+        # a worker and the flow runs it starts ride out a restart of the API: a lost
+        # connection is tried again with backoff 2, 4, ... 128 s (about 4 min in all)
+        "PREFECT_CLIENT_MAX_RETRIES": str(CLIENT_RETRIES),
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
     out = [
@@ -366,9 +370,21 @@ def _alive(pid: int) -> bool:
         return True
     try:  # a zombie child of this process is not alive
         done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
+        if done != 0:
+            return False
     except ChildProcessError:
-        return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether a process has exited but is not reaped yet: a killed part whose parent (an
+    earlier `stack up`) is gone waits for init to reap it, which can take a while."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def start_part(config: StackConfig, part: Part) -> int:
@@ -528,21 +544,34 @@ def _run(argv: list[str], env: dict[str, str], config: StackConfig, what: str) -
 
 
 def migrate(config: StackConfig) -> None:
-    """Create or upgrade the Prefect and MLflow schemas once, before any server starts."""
+    """Create or upgrade the Prefect and MLflow schemas once, before any server starts (the two
+    at once: each is mostly its interpreter's start-up)."""
     base = _base_env(config)
     prefect_env = {**base, **server_env(config)}
-    _run(
-        _python("-m", "prefect", "--no-prompt", "server", "database", "upgrade", "-y"),
-        prefect_env,
-        config,
-        "prefect server database upgrade",
+    _together(
+        lambda: _run(
+            _python("-m", "prefect", "--no-prompt", "server", "database", "upgrade", "-y"),
+            prefect_env,
+            config,
+            "prefect server database upgrade",
+        ),
+        lambda: _run(
+            _python("-m", "mlflow", "db", "upgrade", config.pg("mlflow")),
+            base,
+            config,
+            "mlflow db upgrade",
+        ),
     )
-    _run(
-        _python("-m", "mlflow", "db", "upgrade", config.pg("mlflow")),
-        base,
-        config,
-        "mlflow db upgrade",
-    )
+
+
+def _together(*steps: Callable[[], object]) -> None:
+    """Run independent set-up steps in threads; the first failure is raised after all end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(steps)) as pool:
+        futures = [pool.submit(step) for step in steps]
+    for future in futures:
+        future.result()
 
 
 def ensure_identities(config: StackConfig) -> None:
@@ -597,10 +626,18 @@ def _call_quiet(fn: Any, *args: Any) -> Any:
         return None
 
 
-def register_deployments(config: StackConfig) -> None:
+def deploy_env(config: StackConfig) -> dict[str, str]:
+    """The environment of the commands that register the deployments."""
+    return {
+        **_base_env(config),
+        **client_env(config),
+        "PREFECT_HOME": str(config.home / "prefect"),
+    }
+
+
+def register_deployments(config: StackConfig, env: dict[str, str] | None = None) -> None:
     """The work pool, the project's deployments and the zombie-run automation."""
-    env = {**_base_env(config), **client_env(config)}
-    env["PREFECT_HOME"] = str(config.home / "prefect")
+    env = deploy_env(config) if env is None else env
     done = subprocess.run(
         _python("-m", "prefect", "--no-prompt", "work-pool", "create", POOL, "--type", "process"),
         env=env,
@@ -664,9 +701,10 @@ def create_zombie_automation() -> str:
     return str(getattr(automation, "id", ""))
 
 
-def use_dvc_remote(config: StackConfig) -> None:
+def use_dvc_remote(config: StackConfig, env: dict[str, str] | None = None) -> None:
     """The project's DVC remote becomes the stack's WebDAV store (local config: not committed)."""
     keys = stack_secrets(config)
+    env = _base_env(config) if env is None else env
     for args in (
         ["remote", "add", "--local", "-f", "stack", config.webdav_url],
         ["remote", "modify", "--local", "stack", "verify", "true"],
@@ -674,7 +712,7 @@ def use_dvc_remote(config: StackConfig) -> None:
         ["remote", "modify", "--local", "stack", "password", keys["webdav"]],
         ["remote", "default", "--local", "stack"],
     ):
-        _run(_python("-m", "dvc", *args), _base_env(config), config, f"dvc {' '.join(args[:3])}")
+        _run(_python("-m", "dvc", *args), env, config, f"dvc {' '.join(args[:3])}")
 
 
 def release_dvc_remote(config: StackConfig) -> None:
@@ -721,11 +759,22 @@ def up(settings: Settings, timeout: float = 300) -> StackReport:
     by_name = {p.name: p for p in parts(config)}
     for name in ("prefect-api", "prefect-services", "mlflow", "webdav"):
         start_part(config, by_name[name])
-    for name in ("prefect-api", "mlflow", "webdav"):
-        wait_healthy(config, by_name[name], timeout)
-    ensure_identities(config)
-    register_deployments(config)
-    use_dvc_remote(config)
+    # each server's set-up as soon as it answers, the three at once; their environments are
+    # taken before `ensure_identities` lends the process its admin credentials
+    deploying, dvc_env = deploy_env(config), _base_env(config)
+
+    def once_up(name: str, step: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            wait_healthy(config, by_name[name], timeout)
+            step()
+
+        return run
+
+    _together(
+        once_up("prefect-api", lambda: register_deployments(config, deploying)),
+        once_up("mlflow", lambda: ensure_identities(config)),
+        once_up("webdav", lambda: use_dvc_remote(config, dvc_env)),
+    )
     for part in by_name.values():
         if part.name.startswith("worker-"):
             start_part(config, part)
@@ -760,8 +809,11 @@ def down(settings: Settings) -> StackReport:
     """Stop every part (workers first) and give the project its own DVC remote back."""
     config = StackConfig.of(settings)
     if (config.home / "secrets.json").exists():
-        for part in reversed(parts(config)):
-            stop_part(config, part)
+        every = parts(config)
+        workers = [p for p in every if p.name.startswith("worker-")]
+        servers = [p for p in every if p not in workers]
+        for group in (workers, servers):  # the workers first; each group at once
+            _together(*(lambda p=p: stop_part(config, p) for p in group))
         release_dvc_remote(config)
     for leftover in Path("/tmp").glob("prefect-workspace-attempt-*"):
         with contextlib.suppress(OSError):

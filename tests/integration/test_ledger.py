@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +83,61 @@ def test_ten_racing_processes_one_champion_one_claim(url: str) -> None:
     check = store.verify()
     assert check.ok and check.events == 3, check.problems
     store.dispose()
+
+
+class _HeldAliasClient:
+    """A real MLflow client whose first alias write waits until `release` is set: a mover's
+    alias write that arrives after a later move's (a slow network, a paused worker)."""
+
+    def __init__(self, client: Any, release: threading.Event) -> None:
+        self._client = client
+        self._release = release
+        self.held = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def set_registered_model_alias(self, *args: Any) -> None:
+        if not self.held.is_set():
+            self.held.set()
+            assert self._release.wait(60)
+        self._client.set_registered_model_alias(*args)
+
+
+def test_two_moves_back_to_back_leave_the_alias_on_the_ledgers_champion(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from driftloop import champion, registry
+    from driftloop.config import Settings
+    from driftloop.ledger import STORES
+
+    monkeypatch.setenv("DRIFTLOOP_STATE_URL", url)
+    settings = Settings(project=tmp_path, home=tmp_path / ".driftloop")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_registered_model("rain")
+    for _ in range(3):
+        client.create_model_version("rain", (tmp_path / "model").as_uri())
+    store = STORES.get(url)
+    assert store.move_champion(Promotion("rain", version="1", decision="promoted"), basis=None)
+    registry.set_alias(client, "rain", registry.CHAMPION, "1")
+
+    release = threading.Event()
+    slow = _HeldAliasClient(client, release)
+    first = Promotion("rain", version="2", decision="promoted", champion_before="1")
+    outcome: list[str | None] = []
+    mover = threading.Thread(
+        target=lambda: outcome.append(champion.move(settings, slow, first, "1"))
+    )
+    mover.start()
+    assert slow.held.wait(60)  # v2 is the ledger's champion; its alias write is held
+    second = Promotion("rain", version="3", decision="promoted", champion_before="2")
+    assert champion.move(settings, client, second, "2") is None
+    release.set()  # the first move's alias write lands last
+    mover.join(60)
+    assert outcome == [None]
+    assert store.champion("rain") == "3"
+    assert str(client.get_model_version_by_alias("rain", "champion").version) == "3"
+    assert store.verify().ok
+    STORES.clear()

@@ -1,0 +1,55 @@
+"""The stack's process bookkeeping: which parts run, on real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from driftloop.stack import StackConfig, pid_of
+
+# a parent that starts a child, says its pid and never reaps it (an earlier `stack up`)
+_PARENT = (
+    "import subprocess, sys, time\n"
+    "child = subprocess.Popen(['sleep', '60'])\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+def _config(tmp_path: Path) -> StackConfig:
+    return StackConfig(home=tmp_path, project=tmp_path)
+
+
+def _record(config: StackConfig, name: str, pid: int) -> None:
+    (config.home / "run").mkdir(parents=True, exist_ok=True)
+    (config.home / "run" / f"{name}.pid").write_text(str(pid))
+
+
+def test_a_killed_part_left_unreaped_is_not_running(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        _record(config, "prefect-api", child)
+        assert pid_of(config, "prefect-api") == child
+        os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_of(config, "prefect-api") is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_of(config, "prefect-api") is None
+        assert Path(f"/proc/{child}").exists()  # still there, a zombie: its parent never reaps
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_a_part_that_runs_is_running_and_one_never_started_is_not(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    assert pid_of(config, "worker-1") is None
+    _record(config, "worker-1", os.getpid())
+    assert pid_of(config, "worker-1") == os.getpid()
