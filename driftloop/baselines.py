@@ -19,6 +19,7 @@ day (every 7 days and every 14 days, a random draw) share the fit and its predic
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -187,6 +188,32 @@ def cadence_days(calendar: Sequence[dt.date], first: dt.date, every_days: int) -
             days.append(day)
             last = day
     return days
+
+
+def distinct_cadences(
+    calendar: Sequence[dt.date], first: dt.date, cadences: list[int]
+) -> list[int]:
+    """The cadences whose retrain days differ: at 21-day steps, every 7 and every 14 days both
+    retrain at every step, so only the first of them is kept (a replay too short for some
+    cadence to retrain at all keeps each of them: none is a duplicate of a schedule)."""
+    seen: set[tuple[dt.date, ...]] = set()
+    kept = []
+    for every in sorted(cadences):
+        days = tuple(cadence_days(calendar, first, every))
+        if not days or days not in seen:
+            seen.add(days)
+            kept.append(every)
+    return kept
+
+
+def cadence_label(calendar: Sequence[dt.date], first: dt.date, every: int) -> str:
+    """`every N days`, and what the schedule really was when the steps are coarser than that."""
+    days = [first, *cadence_days(calendar, first, every)]
+    gaps = sorted((b - a).days for a, b in itertools.pairwise(days))
+    typical = gaps[len(gaps) // 2] if gaps else every
+    if typical == every or not gaps:
+        return f"every {every} days"
+    return f"every {every} days (at the replay's steps: every {typical})"
 
 
 def random_days(calendar: Sequence[dt.date], count: int, seed: int) -> list[dt.date]:
@@ -484,7 +511,7 @@ def compare(
     for every in plan.cadences:
         live, made = refits.schedule(*schedules[f"every_{every}d"])
         out[f"every_{every}d"] = {
-            "label": f"every {every} days",
+            "label": cadence_label(plan.calendar, plan.first, every),
             "kind": "cadence",
             "every_days": every,
             **run(live, fitted),

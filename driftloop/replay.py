@@ -203,18 +203,20 @@ def plan_of(params: Params, steps: list[Step]) -> baselines.Plan:
     persistence = spec.persistence == "last_label" or (
         spec.persistence == "auto" and params.target.forecast is not None
     )
+    first = dt.date.fromisoformat(spec.initial_until)
+    calendar = [dt.date.fromisoformat(s.as_of) for s in steps]
     return baselines.Plan(
-        first=dt.date.fromisoformat(spec.initial_until),
-        calendar=[dt.date.fromisoformat(s.as_of) for s in steps],
+        first=first,
+        calendar=calendar,
         loop_retrains=[dt.date.fromisoformat(s.as_of) for s in steps if s.retrained],
         window=windows.of(retrain),
         holdout_days=params.train.holdout_days,
         refit=params.train.refit,  # as a gate winner, the candidate is refitted on its window
         threshold=params.evaluation.threshold,
-        cadences=list(spec.cadences),
+        cadences=baselines.distinct_cadences(calendar, first, list(spec.cadences)),
         random_seeds=spec.random_seeds,
         persistence=persistence,
-        windows=[windows.of(retrain, kind) for kind in spec.windows],
+        windows=windows.compared(retrain, spec.windows),
         schedule_every_days=retrain.schedule_every_days,
         workers=min(FIT_WORKERS, os.cpu_count() or 1),
     )

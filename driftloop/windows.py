@@ -11,7 +11,8 @@ Pure functions on timestamps: the training stages and the replay's direct refits
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,23 @@ def of(retrain: RetrainParams, kind: WindowKind | None = None) -> Window:
     return Window(
         kind or retrain.window, retrain.window_days, retrain.season_days, retrain.recent_days
     )
+
+
+COMPARED_ROLLING_DAYS = 365  # the rolling window a replay compares when the loop keeps all
+
+
+def compared(retrain: RetrainParams, kinds: Sequence[WindowKind]) -> list[Window]:
+    """The windows a replay compares: each kind with the loop's settings, a rolling window
+    of a year when the loop's has no length (it would be every row, the growing window again),
+    each distinct window once."""
+    out: list[Window] = []
+    for kind in kinds:
+        window = of(retrain, kind)
+        if kind == "rolling" and window.days is None:
+            window = replace(window, days=COMPARED_ROLLING_DAYS)
+        if window.label not in {w.label for w in out}:
+            out.append(window)
+    return out
 
 
 def as_window(window: int | Window | None) -> Window | None:

@@ -358,3 +358,20 @@ def test_metrics_with_undefined_auc_are_not_compared() -> None:
     assert got["beaten"]["base_rate"] is False
     assert "ROC AUC not defined" in got["sentences"][0]
     assert "not defined" in got["headline"]
+
+
+def test_cadences_made_identical_by_coarse_steps_are_kept_once_and_say_what_they_were() -> None:
+    first = dt.date(2020, 1, 1)
+    calendar = [first + dt.timedelta(days=21 * k) for k in range(1, 20)]  # 21-day steps
+    assert baselines.distinct_cadences(calendar, first, [7, 14, 28, 56, 91]) == [7, 28, 56, 91]
+    assert baselines.cadence_label(calendar, first, 7) == (
+        "every 7 days (at the replay's steps: every 21)"
+    )
+    assert baselines.cadence_label(calendar, first, 28) == (
+        "every 28 days (at the replay's steps: every 42)"
+    )
+    weekly = [first + dt.timedelta(days=7 * k) for k in range(1, 60)]
+    assert baselines.distinct_cadences(weekly, first, [7, 14, 28]) == [7, 14, 28]
+    assert baselines.cadence_label(weekly, first, 14) == "every 14 days"
+    short = weekly[:3]  # too short for 28 and 56 days to retrain: both kept, neither a duplicate
+    assert baselines.distinct_cadences(short, first, [7, 28, 56]) == [7, 28, 56]

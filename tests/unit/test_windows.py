@@ -96,3 +96,18 @@ def test_since_is_just_before_the_first_kept_row(window: Window, expected: objec
     times = days("2012-01-01", "2013-01-20")
     mask = windows.select(times, times.max(), window)
     assert windows.since(times, times.max(), window, mask) == expected
+
+
+def test_the_compared_windows_are_distinct_and_a_rolling_one_has_a_length() -> None:
+    from driftloop.config import RetrainParams
+
+    growing = RetrainParams(window="growing", window_days=None)
+    labels = [w.label for w in windows.compared(growing, ["rolling", "growing", "seasonal"])]
+    assert labels == ["rolling 365 days", "growing", "seasonal +-45 days + last 90"]
+    rolling_all = RetrainParams(window="rolling", window_days=None)
+    assert [w.label for w in windows.compared(rolling_all, ["growing", "rolling"])] == [
+        "growing",
+        "rolling 365 days",
+    ]
+    ninety = RetrainParams(window="rolling", window_days=90)
+    assert [w.label for w in windows.compared(ninety, ["rolling"])] == ["rolling 90 days"]
