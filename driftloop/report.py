@@ -107,6 +107,10 @@ def status_text(payload: dict[str, Any]) -> str:
         if ref is None:
             lines.append(f"  {role}: none")
             continue
+        champion = payload["champion"]
+        if role == "challenger" and champion and ref["version"] == champion["version"]:
+            lines.append(f"  challenger: v{ref['version']}, the champion (no candidate waits)")
+            continue
         value = ref["metrics"].get(f"holdout_{ref['primary_metric']}")
         shown = f"{value:.4f}" if isinstance(value, float) else "n/a"
         lines.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -144,3 +145,22 @@ def test_decision_is_pure() -> None:
     first = decide_promotion(candidate, champion, AUC)
     assert decide_promotion(candidate, champion, AUC) == first
     assert (candidate.to_dict(), champion.to_dict()) == before
+
+
+def test_status_says_when_the_challenger_is_the_champion() -> None:
+    from driftloop.report import status_text
+
+    def ref(version: str) -> dict[str, Any]:
+        return {
+            "version": version,
+            "metrics": {"holdout_roc_auc": 0.81},
+            "primary_metric": "roc_auc",
+            "data_md5": "abc.dir",
+            "run_id": "r1",
+        }
+
+    payload = {"model": "m", "tracking_uri": "sqlite:///x", "last_decision": None}
+    same = status_text({**payload, "champion": ref("4"), "challenger": ref("4")})
+    assert "challenger: v4, the champion (no candidate waits)" in same
+    waiting = status_text({**payload, "champion": ref("4"), "challenger": ref("5")})
+    assert "challenger: v5 holdout roc_auc=0.8100" in waiting
