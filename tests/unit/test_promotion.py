@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from driftloop.config import PromoteParams
+from driftloop.config import PromoteParams, load_params
+from driftloop.features import Dataset
 from driftloop.promotion import Decision, Paired, decide_promotion
+from driftloop.stages import HoldoutScores, paired_gain
 from driftloop.training import Evaluation
+from tests.helpers import REPO_ROOT
 
 NAN = math.nan
 
@@ -224,3 +229,35 @@ def test_rule_better_ignores_the_paired_test() -> None:
     """Under rule better a loss inside the noise still refuses: min_delta decides."""
     decision = decide_promotion(ev(0.70), ev(0.745), AUC, paired(-0.045, -0.20, 0.11))
     assert not decision.promote and "< min_delta" in decision.reason
+
+
+def holdout(times: pd.DatetimeIndex, y: np.ndarray, proba: np.ndarray) -> HoldoutScores:
+    """One model's scores on holdout rows (season segments: winter, then summer)."""
+    n = len(y)
+    season = np.where(np.arange(n) < n // 2, "winter", "summer")
+    data = Dataset(
+        pd.DataFrame({"x": np.zeros(n)}),
+        pd.Series(y),
+        pd.Series(times),
+        pd.DataFrame({"season": season}),
+    )
+    return HoldoutScores(Evaluation({}), data, proba, 0.5)
+
+
+def test_paired_gain_pairs_the_same_rows_overall_and_per_segment() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    good, noisy = y + rng.normal(size=60), y + rng.normal(scale=3.0, size=60)
+    times = pd.date_range("2015-01-01", periods=60, freq="D")
+    pair = paired_gain(params, holdout(times, y, good), holdout(times, y, noisy))
+    assert pair is not None and pair.method == "delong" and pair.n_rows == 60
+    assert pair.gain == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, noisy))
+    assert pair.low < pair.gain < pair.high
+    assert set(pair.segments) == {"season/winter", "season/summer"}
+    assert all(s.n_rows == 30 for s in pair.segments.values())
+
+    other_rows = holdout(times + pd.Timedelta(days=1), y, noisy)
+    assert paired_gain(params, holdout(times, y, good), other_rows) is None
