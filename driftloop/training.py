@@ -404,8 +404,11 @@ def calibration_losses(folds: _Folds, methods: list[str]) -> dict[str, float]:
             if len(np.unique(past_y)) < 2:
                 losses[method].append(math.inf)
                 continue
-            calibrated = calibrate(fit_calibrator(method, past_p, past_y), raw)
-            losses[method].append(score(y, calibrated)["log_loss"] * len(y))
+            fitted = fit_calibrator(method, past_p, past_y)
+            if fitted is None:  # it would reverse the model in this fold: not to be trusted
+                losses[method].append(math.inf)
+                continue
+            losses[method].append(score(y, calibrate(fitted, raw))["log_loss"] * len(y))
     n = sum(len(y) for y in folds.y[1:])
     return {m: float(sum(v) / n) for m, v in losses.items()}
 

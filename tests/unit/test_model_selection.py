@@ -265,6 +265,7 @@ def test_a_sigmoid_that_would_reverse_the_ranking_is_not_applied() -> None:
         train_params(candidates={"lr": LOGISTIC}, calibration="sigmoid"), FEATURES, dataset(X, y)
     )
     assert selection.calibration == "none" and model.calibrator is None
+    assert selection.calibration_log_loss["sigmoid"] == float("inf")  # it fell in a fold
     recent = X.iloc[n // 3 :]
     assert score(y[n // 3 :], model.predict_proba(recent)[:, 1])["roc_auc"] > 0.8
 
