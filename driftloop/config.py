@@ -410,6 +410,12 @@ class EvaluationParams(_Strict):
 
 class PromoteParams(_Strict):
     primary_metric: Metric = "roc_auc"
+    # "better": the challenger must beat the champion by min_delta on the comparable holdout
+    # rows; "not_worse": it is promoted unless it is significantly worse there (a paired test
+    # on the same rows at `confidence`), and no segment is significantly worse by more than
+    # max_segment_drop (min_delta then applies only where no paired test can be made)
+    rule: Literal["better", "not_worse"] = "better"
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
     min_delta: float = Field(0.0, ge=0.0)
     max_segment_drop: float = Field(0.05, ge=0.0)  # applies to every evaluation segment
     floor: float = 0.5

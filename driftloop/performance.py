@@ -67,16 +67,10 @@ class PerformanceTest:
 def delong_interval(y: np.ndarray, p: np.ndarray, confidence: float) -> tuple[float, float, float]:
     """ROC AUC and its DeLong interval (fast midrank form, Sun & Xu 2014); NaN: one class."""
     y = np.asarray(y, dtype=int)
-    p = np.asarray(p, dtype=float)
-    pos, neg = p[y == 1], p[y == 0]
-    m, n = len(pos), len(neg)
+    m, n = int((y == 1).sum()), int((y == 0).sum())
     if m < 2 or n < 2:
         return math.nan, math.nan, math.nan
-    tx, ty = stats.rankdata(pos), stats.rankdata(neg)
-    tz = stats.rankdata(np.concatenate([pos, neg]))
-    auc = float((tz[:m].sum() - m * (m + 1) / 2) / (m * n))
-    v01 = (tz[:m] - tx) / n  # each positive's share of negatives ranked below it
-    v10 = 1.0 - (tz[m:] - ty) / m  # each negative's share of positives ranked above it
+    auc, v01, v10 = _midrank_components(y, np.asarray(p, dtype=float))
     se = math.sqrt(np.var(v01, ddof=1) / m + np.var(v10, ddof=1) / n)
     z = float(stats.norm.ppf(0.5 + confidence / 2))
     return auc, max(0.0, auc - z * se), min(1.0, auc + z * se)
@@ -102,6 +96,86 @@ def bootstrap_interval(
     alpha = (1 - confidence) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
     return value, float(low), float(high)
+
+
+def _midrank_components(y: np.ndarray, p: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """ROC AUC and DeLong's structural components (per positive, per negative)."""
+    pos, neg = p[y == 1], p[y == 0]
+    m, n = len(pos), len(neg)
+    tx, ty = stats.rankdata(pos), stats.rankdata(neg)
+    tz = stats.rankdata(np.concatenate([pos, neg]))
+    auc = float((tz[:m].sum() - m * (m + 1) / 2) / (m * n))
+    return auc, (tz[:m] - tx) / n, 1.0 - (tz[m:] - ty) / m
+
+
+def paired_delong(
+    y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, confidence: float
+) -> tuple[float, float, float]:
+    """ROC AUC of `p_a` minus that of `p_b` on the same rows, and its DeLong interval (the
+    two AUCs' covariance counted); NaN with fewer than two rows of either class."""
+    y = np.asarray(y, dtype=int)
+    if (y == 1).sum() < 2 or (y == 0).sum() < 2:
+        return math.nan, math.nan, math.nan
+    auc_a, v01_a, v10_a = _midrank_components(y, np.asarray(p_a, dtype=float))
+    auc_b, v01_b, v10_b = _midrank_components(y, np.asarray(p_b, dtype=float))
+    s01, s10 = np.cov(np.vstack([v01_a, v01_b])), np.cov(np.vstack([v10_a, v10_b]))
+    var = (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / len(v01_a)
+    var += (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / len(v10_a)
+    diff, se = auc_a - auc_b, math.sqrt(max(float(var), 0.0))
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    return diff, diff - z * se, diff + z * se
+
+
+def paired_bootstrap(
+    y: np.ndarray,
+    metric_a: Callable[[np.ndarray, np.ndarray], float],
+    p_a: np.ndarray,
+    metric_b: Callable[[np.ndarray, np.ndarray], float],
+    p_b: np.ndarray,
+    confidence: float,
+    *,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """metric_a(p_a) minus metric_b(p_b) on the same rows, and its percentile bootstrap
+    interval (the same rows resampled for both, seeded)."""
+    value = metric_a(y, p_a) - metric_b(y, p_b)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(y), size=(rounds, len(y)))
+    values = np.array([metric_a(y[i], p_a[i]) - metric_b(y[i], p_b[i]) for i in draws])
+    values = values[np.isfinite(values)]
+    if len(values) < rounds // 2:
+        return value, math.nan, math.nan
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return value, float(low), float(high)
+
+
+def paired_interval(
+    metric: str,
+    y: np.ndarray,
+    a: tuple[np.ndarray, float],
+    b: tuple[np.ndarray, float],
+    confidence: float,
+    seed: int = 0,
+) -> tuple[float, float, float, str]:
+    """How much better model a is than model b on the same rows (each as its probabilities
+    and decision threshold), with its interval and method: DeLong's for ROC AUC, a paired
+    bootstrap for the others (a lower-is-better metric is turned so that positive is better)."""
+    if metric == "roc_auc":
+        return (*paired_delong(y, a[0], b[0], confidence), "delong")
+    gain, low, high = paired_bootstrap(
+        y,
+        metric_function(metric, a[1]),
+        a[0],
+        metric_function(metric, b[1]),
+        b[0],
+        confidence,
+        seed=seed,
+    )
+    if metric in LOWER_IS_BETTER:
+        gain, low, high = -gain, -high, -low
+    return gain, low, high, "bootstrap"
 
 
 def metric_function(name: str, threshold: float) -> Callable[[np.ndarray, np.ndarray], float]:

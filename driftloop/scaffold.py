@@ -1312,11 +1312,17 @@ class _Builder:
         self.notes["promote.floor"] = (
             "a first model must beat a coin toss; raise it once you know what a useful model scores"
         )
+        self.notes["promote.rule"] = (
+            "the retrained model wins unless it is significantly worse on the rows neither has "
+            "seen (few between retrains: requiring a gain there keeps a stale champion on noise)"
+        )
         self.notes["promote.min_holdout_rows"] = (
             f"a third of the replay's first holdout ({holdout_rows} labelled rows)"
         )
         return {
             "primary_metric": "roc_auc",
+            "rule": "not_worse",
+            "confidence": 0.95,
             "min_delta": 0.005,
             "max_segment_drop": 0.05,
             "floor": 0.5,

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from driftloop import datastore, jsonio, labels, versioning, windows
@@ -25,9 +26,18 @@ from driftloop.features import Dataset, make_dataset, split_by_time
 from driftloop.ledger import Promotion
 from driftloop.lineage import Lineage, Verdict
 from driftloop.memo import LastBuilt
-from driftloop.promotion import Decision, decide_promotion
+from driftloop.promotion import Decision, Paired, decide_promotion
 from driftloop.registry import ModelRef
-from driftloop.training import Evaluation, Selection, TrainedModel, evaluate, fit_candidate
+from driftloop.training import (
+    Evaluation,
+    Selection,
+    TrainedModel,
+    evaluate,
+    evaluate_predictions,
+    fit_candidate,
+    predict_proba,
+    threshold_of,
+)
 from driftloop.windows import Window
 
 # -- the data a model is trained on --------------------------------------------------------------
@@ -345,9 +355,19 @@ class PromotionResult:
     refit: str | None = None  # the version refitted on the whole window that became champion
 
 
-def evaluate_on_holdout(
+@dataclass(frozen=True)
+class HoldoutScores:
+    """One model's probabilities on the comparable holdout rows, and their metrics."""
+
+    evaluation: Evaluation
+    data: Dataset
+    proba: np.ndarray
+    threshold: float
+
+
+def score_on_holdout(
     params: Params, ref: ModelRef, frame: pd.DataFrame, after: pd.Timestamp | None = None
-) -> Evaluation:
+) -> HoldoutScores:
     """Score a registered model on the holdout of `frame` (rows after `after`), own features."""
     from driftloop import registry
 
@@ -356,8 +376,58 @@ def evaluate_on_holdout(
     if after is not None:
         holdout = holdout.subset(holdout.timestamps > after)
     if len(holdout) == 0:
-        return Evaluation({}, {}, 0)
-    return evaluate(registry.load_model(ref), holdout, params.evaluation.threshold)
+        return HoldoutScores(Evaluation({}, {}, 0), holdout, np.zeros(0), 0.5)
+    model = registry.load_model(ref)
+    proba = predict_proba(model, holdout.X)
+    cut = threshold_of(model, params.evaluation.threshold)
+    y = holdout.y.to_numpy()
+    return HoldoutScores(evaluate_predictions(y, proba, holdout.segments, cut), holdout, proba, cut)
+
+
+def evaluate_on_holdout(
+    params: Params, ref: ModelRef, frame: pd.DataFrame, after: pd.Timestamp | None = None
+) -> Evaluation:
+    """Score a registered model on the holdout of `frame` (rows after `after`), own features."""
+    return score_on_holdout(params, ref, frame, after).evaluation
+
+
+def paired_gain(
+    params: Params, cand: HoldoutScores, champ: HoldoutScores, seed: int = 0
+) -> Paired | None:
+    """The candidate's gain over the champion on the same holdout rows, with its interval,
+    overall and per segment (None: the two were not scored on the same rows)."""
+    a, b = cand.data, champ.data
+    if (
+        len(a) == 0
+        or len(a) != len(b)
+        or not (a.timestamps.equals(b.timestamps) and a.y.equals(b.y))
+    ):
+        return None
+    from driftloop.performance import paired_interval  # scipy: only where a gate compares
+
+    promote = params.promote
+    y = a.y.to_numpy().astype(int)
+    whole = np.ones(len(y), dtype=bool)
+    segments = {
+        f"{column}/{value}": mask
+        for column in a.segments.columns
+        for value in sorted(set(a.segments[column]))
+        if (mask := (a.segments[column] == value).to_numpy()).sum() >= promote.min_segment_rows
+    }
+
+    def on(rows: np.ndarray) -> Paired:
+        gain, low, high, method = paired_interval(
+            promote.primary_metric,
+            y[rows],
+            (cand.proba[rows], cand.threshold),
+            (champ.proba[rows], champ.threshold),
+            promote.confidence,
+            seed,
+        )
+        return Paired(gain, low, high, int(rows.sum()), method, promote.confidence)
+
+    overall = on(whole)
+    return dataclasses.replace(overall, segments={k: on(m) for k, m in segments.items()})
 
 
 def comparable_after(champion: ModelRef | None, candidate: ModelRef) -> pd.Timestamp | None:
@@ -373,6 +443,7 @@ def _decide(
     candidate: ModelRef,
     cand_eval: Evaluation,
     champ_eval: Evaluation | None,
+    paired: Paired | None = None,
 ) -> Decision:
     if champion is not None and champion.version == candidate.version:
         return Decision(False, f"version {candidate.version} is already champion")
@@ -383,7 +454,7 @@ def _decide(
             f"'s training data (< promote.min_holdout_rows {params.promote.min_holdout_rows}); "
             "not comparable",
         )
-    return decide_promotion(cand_eval, champ_eval, params.promote)
+    return decide_promotion(cand_eval, champ_eval, params.promote, paired)
 
 
 def promote(
@@ -402,11 +473,14 @@ def promote(
     basis = champions.current(settings, client, name)
     champion = registry.get_version(client, name, basis) if basis is not None else None
     after = comparable_after(champion, candidate)
-    cand_eval = evaluate_on_holdout(params, candidate, data.frame, after)
-    champ_eval = None
+    cand_scores = score_on_holdout(params, candidate, data.frame, after)
+    cand_eval, champ_eval, paired = cand_scores.evaluation, None, None
     if champion is not None and champion.version != candidate.version:
-        champ_eval = evaluate_on_holdout(params, champion, data.frame, after)
-    decision = _decide(params, champion, candidate, cand_eval, champ_eval)
+        champ_scores = score_on_holdout(params, champion, data.frame, after)
+        champ_eval = champ_scores.evaluation
+        if params.promote.rule == "not_worse":
+            paired = paired_gain(params, cand_scores, champ_scores, params.train.seed)
+    decision = _decide(params, champion, candidate, cand_eval, champ_eval, paired)
     experiment = refit = None
     applied = False
     if decision.promote and champion is not None and params.promote.via == "experiment":

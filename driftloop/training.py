@@ -210,13 +210,16 @@ def calibrate(calibrator: Any, raw: np.ndarray) -> np.ndarray:
 
 
 def fit_calibrator(method: str, raw: np.ndarray, y: np.ndarray) -> Any:
-    """A sigmoid or isotonic map from raw probability to calibrated probability."""
+    """A sigmoid or isotonic map from raw probability to calibrated probability; None (leave
+    the probabilities as they are) for a sigmoid that does not rise with the model's score:
+    fitted on a few poor folds, it would reverse the model's ranking for good."""
     from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
 
     if method == "isotonic":
         return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y)
-    return LogisticRegression(C=1e4, max_iter=1000).fit(_logit(raw), y)
+    sigmoid = LogisticRegression(C=1e4, max_iter=1000).fit(_logit(raw), y)
+    return sigmoid if float(sigmoid.coef_[0, 0]) > 0 else None
 
 
 class DecisionModel:
@@ -401,8 +404,11 @@ def calibration_losses(folds: _Folds, methods: list[str]) -> dict[str, float]:
             if len(np.unique(past_y)) < 2:
                 losses[method].append(math.inf)
                 continue
-            calibrated = calibrate(fit_calibrator(method, past_p, past_y), raw)
-            losses[method].append(score(y, calibrated)["log_loss"] * len(y))
+            fitted = fit_calibrator(method, past_p, past_y)
+            if fitted is None:  # it would reverse the model in this fold: not to be trusted
+                losses[method].append(math.inf)
+                continue
+            losses[method].append(score(y, calibrate(fitted, raw))["log_loss"] * len(y))
     n = sum(len(y) for y in folds.y[1:])
     return {m: float(sum(v) / n) for m, v in losses.items()}
 
@@ -456,6 +462,7 @@ def choose(
     raw = np.concatenate(folds.proba) if folds.proba else np.zeros(0)
     if method != "none":
         calibrator = fit_calibrator(method, raw, y)
+        method = method if calibrator is not None else "none"
     threshold = fixed_threshold
     if train.threshold_for != "fixed" and len(y) and len(np.unique(y)) == 2:
         threshold = choose_threshold(y, calibrate(calibrator, raw), train.threshold_for)

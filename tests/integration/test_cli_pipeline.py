@@ -41,7 +41,9 @@ class Round:
 
 @pytest.fixture(scope="module")
 def first(module_project: Project) -> Round:
-    module_project.edit_params(train={"refit": True})
+    # The rollback tests below need v3 rejected: on this data only rule better (v3 must gain
+    # min_delta) refuses it; not_worse promotes a retrain that is not significantly worse.
+    module_project.edit_params(train={"refit": True}, promote={"rule": "better"})
     module_project.git("commit", "-qam", "params: refit gate winners, as shipped")  # as shipped
     ingested = cli("ingest", "--until", FIRST_UNTIL)
     assert ingested.exit_code == 0, ingested.stderr

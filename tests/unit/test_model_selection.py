@@ -17,6 +17,7 @@ from driftloop.training import (
     DecisionModel,
     choose_threshold,
     evaluate,
+    fit_calibrator,
     fit_candidate,
     score,
     threshold_of,
@@ -248,3 +249,30 @@ def test_a_wrong_candidate_is_a_one_line_config_error_naming_the_key(
         parse_params(raw)
     assert f"key '{key}'" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_sigmoid_that_would_reverse_the_ranking_is_not_applied() -> None:
+    """The relation turns round after the first third: the folds' models, fitted on the past,
+    score the later rows backwards, and a Platt map fitted on them slopes down. Applied to the
+    final model (fitted on every row, mostly the new relation) it would reverse its ranking:
+    it is refused and the model stays uncalibrated."""
+    rng = np.random.default_rng(3)
+    n = 300
+    X = pd.DataFrame(rng.normal(size=(n, 8)), columns=[f"x{i}" for i in range(8)])
+    sign = np.where(np.arange(n) < n // 3, 1.0, -1.0)
+    y = (sign * X["x0"].to_numpy() + 0.3 * rng.normal(size=n) > 0).astype(int)
+    model, selection = fit_candidate(
+        train_params(candidates={"lr": LOGISTIC}, calibration="sigmoid"), FEATURES, dataset(X, y)
+    )
+    assert selection.calibration == "none" and model.calibrator is None
+    assert selection.calibration_log_loss["sigmoid"] == float("inf")  # it fell in a fold
+    recent = X.iloc[n // 3 :]
+    assert score(y[n // 3 :], model.predict_proba(recent)[:, 1])["roc_auc"] > 0.8
+
+
+def test_fit_calibrator_refuses_a_falling_sigmoid() -> None:
+    rng = np.random.default_rng(4)
+    raw = rng.uniform(0.05, 0.95, 500)
+    y = (rng.uniform(size=500) < raw).astype(int)
+    assert fit_calibrator("sigmoid", raw, y).coef_[0, 0] > 0
+    assert fit_calibrator("sigmoid", raw, 1 - y) is None

@@ -5,11 +5,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from driftloop.config import PromoteParams
-from driftloop.promotion import Decision, decide_promotion
+from driftloop.config import PromoteParams, load_params
+from driftloop.features import Dataset
+from driftloop.promotion import Decision, Paired, decide_promotion
+from driftloop.stages import HoldoutScores, paired_gain
 from driftloop.training import Evaluation
+from tests.helpers import REPO_ROOT
 
 NAN = math.nan
 
@@ -145,6 +150,118 @@ def test_decision_is_pure() -> None:
     first = decide_promotion(candidate, champion, AUC)
     assert decide_promotion(candidate, champion, AUC) == first
     assert (candidate.to_dict(), champion.to_dict()) == before
+
+
+# -- rule not_worse: the paired test on the same rows decides -------------------------------------
+
+NOT_WORSE = PromoteParams(
+    primary_metric="roc_auc",
+    rule="not_worse",
+    min_delta=0.01,
+    max_segment_drop=0.05,
+    floor=0.6,
+    min_segment_rows=10,
+)
+
+
+def paired(gain: float, low: float, high: float, n: int = 30, **segments: Paired) -> Paired:
+    return Paired(
+        gain, low, high, n, "delong", 0.95, {f"season/{k}": v for k, v in segments.items()}
+    )
+
+
+NOT_WORSE_CASES = [
+    # a point loss inside the noise: the newer model wins
+    ("loss within noise", ev(0.70), ev(0.745), paired(-0.045, -0.20, 0.11), True, "not signif"),
+    ("equal", ev(0.70), ev(0.70), paired(0.0, 0.0, 0.0), True, "not significantly worse"),
+    ("gain", ev(0.80), ev(0.70), paired(0.10, 0.02, 0.18), True, "not significantly worse"),
+    ("significantly worse", ev(0.28), ev(0.86), paired(-0.58, -0.97, -0.20), False, "signif"),
+    (
+        "segment significantly worse beyond max_segment_drop",
+        ev(0.75),
+        ev(0.74),
+        paired(0.01, -0.05, 0.07, winter=paired(-0.3, -0.5, -0.1, n=12)),
+        False,
+        "season/winter gain -0.3000",
+    ),
+    (
+        "segment significantly worse within max_segment_drop",
+        ev(0.75),
+        ev(0.74),
+        paired(0.01, -0.05, 0.07, winter=paired(-0.04, -0.045, -0.03, n=12)),
+        True,
+        "no segment significantly worse",
+    ),
+    (
+        "segment below min_segment_rows is not judged",
+        ev(0.75),
+        ev(0.74),
+        paired(0.01, -0.05, 0.07, winter=paired(-0.3, -0.5, -0.1, n=9)),
+        True,
+        "no segment significantly worse",
+    ),
+    # no usable paired test: min_delta decides (fails closed as rule better does)
+    ("no paired test, equal", ev(0.70), ev(0.70), None, False, "< min_delta"),
+    ("no paired test, gain", ev(0.75), ev(0.70), None, True, "beats champion"),
+    ("NaN interval", ev(0.70), ev(0.70), paired(NAN, NAN, NAN), False, "< min_delta"),
+    ("candidate NaN", ev(NAN), ev(0.70), paired(0.0, -0.1, 0.1), False, "missing or NaN"),
+    ("first model: floor", ev(0.59), None, None, False, "below floor"),
+]
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "pair", "promote", "reason"),
+    [pytest.param(*case[1:], id=case[0]) for case in NOT_WORSE_CASES],
+)
+def test_not_worse_rule(
+    candidate: Evaluation,
+    champion: Evaluation | None,
+    pair: Paired | None,
+    promote: bool,
+    reason: str,
+) -> None:
+    decision = decide_promotion(candidate, champion, NOT_WORSE, pair)
+    assert decision.promote is promote
+    assert reason in decision.reason
+    assert "\n" not in decision.reason
+
+
+def test_rule_better_ignores_the_paired_test() -> None:
+    """Under rule better a loss inside the noise still refuses: min_delta decides."""
+    decision = decide_promotion(ev(0.70), ev(0.745), AUC, paired(-0.045, -0.20, 0.11))
+    assert not decision.promote and "< min_delta" in decision.reason
+
+
+def holdout(times: pd.DatetimeIndex, y: np.ndarray, proba: np.ndarray) -> HoldoutScores:
+    """One model's scores on holdout rows (season segments: winter, then summer)."""
+    n = len(y)
+    season = np.where(np.arange(n) < n // 2, "winter", "summer")
+    data = Dataset(
+        pd.DataFrame({"x": np.zeros(n)}),
+        pd.Series(y),
+        pd.Series(times),
+        pd.DataFrame({"season": season}),
+    )
+    return HoldoutScores(Evaluation({}), data, proba, 0.5)
+
+
+def test_paired_gain_pairs_the_same_rows_overall_and_per_segment() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    good, noisy = y + rng.normal(size=60), y + rng.normal(scale=3.0, size=60)
+    times = pd.date_range("2015-01-01", periods=60, freq="D")
+    pair = paired_gain(params, holdout(times, y, good), holdout(times, y, noisy))
+    assert pair is not None and pair.method == "delong" and pair.n_rows == 60
+    assert pair.gain == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, noisy))
+    assert pair.low < pair.gain < pair.high
+    assert set(pair.segments) == {"season/winter", "season/summer"}
+    assert all(s.n_rows == 30 for s in pair.segments.values())
+
+    other_rows = holdout(times + pd.Timedelta(days=1), y, noisy)
+    assert paired_gain(params, holdout(times, y, good), other_rows) is None
 
 
 def test_status_says_when_the_challenger_is_the_champion() -> None:

@@ -24,7 +24,13 @@ from driftloop.estimation import (
     holdout_calibrator,
 )
 from driftloop.importance import input_groups, permutation_importance
-from driftloop.performance import bootstrap_interval, delong_interval, realised_performance
+from driftloop.performance import (
+    bootstrap_interval,
+    delong_interval,
+    paired_delong,
+    paired_interval,
+    realised_performance,
+)
 from driftloop.policy import drift_signal
 from driftloop.sources import load_seattle
 from driftloop.thresholds import calibrate, chunk_starts, stat_direction, window_rows
@@ -66,6 +72,36 @@ def test_delong_matches_the_roc_auc_and_its_interval_covers_the_bootstrap() -> N
     _, b_low, b_high = bootstrap_interval(y, p, metric, 0.95, seed=3)
     assert low < auc < high
     assert low == pytest.approx(b_low, abs=0.02) and high == pytest.approx(b_high, abs=0.02)
+
+
+def test_paired_delong_is_the_difference_of_the_two_roc_aucs() -> None:
+    y, p = scores(2000, 1.7, seed=5)
+    rng = np.random.default_rng(6)
+    worse = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + rng.normal(scale=2.0, size=len(p)))))
+    gain, low, high = paired_delong(y, p, worse, 0.95)
+    assert gain == pytest.approx(roc_auc_score(y, p) - roc_auc_score(y, worse))
+    assert 0 < low < gain < high  # on 2000 rows the noisier model is significantly worse
+    assert paired_delong(y, p, p, 0.95) == (0.0, 0.0, 0.0)
+
+
+def test_paired_difference_on_a_few_rows_is_not_significant() -> None:
+    """Two models of the same quality on 30 rows: the interval of their difference covers 0,
+    though their ROC AUCs differ by chance."""
+    y, p = scores(30, 1.7, seed=7)
+    rng = np.random.default_rng(8)
+    other = np.clip(p + rng.normal(scale=0.1, size=len(p)), 0.01, 0.99)
+    gain, low, high = paired_delong(y, p, other, 0.95)
+    assert gain != 0 and low < 0 < high
+
+
+def test_paired_interval_turns_a_lower_is_better_metric() -> None:
+    y, p = scores(400, 1.7, seed=9)
+    flat = np.full(len(p), 0.5)
+    gain, low, high, method = paired_interval("log_loss", y, (p, 0.5), (flat, 0.5), 0.95, seed=1)
+    assert method == "bootstrap"
+    assert 0 < low < gain < high  # the informative model's log loss is lower: positive gain
+    auc_gain, *_, auc_method = paired_interval("roc_auc", y, (p, 0.5), (flat, 0.5), 0.95)
+    assert auc_method == "delong" and auc_gain == pytest.approx(roc_auc_score(y, p) - 0.5)
 
 
 def test_a_real_drop_on_many_rows_is_significant() -> None:
