@@ -115,7 +115,9 @@ def test_two_moves_back_to_back_leave_the_alias_on_the_ledgers_champion(
 
     monkeypatch.setenv("DRIFTLOOP_STATE_URL", url)
     settings = Settings(project=tmp_path, home=tmp_path / ".driftloop")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # the registry named too: a registry URI another test left set would otherwise be used
+    client = MlflowClient(tracking_uri=store_uri, registry_uri=store_uri)
     client.create_registered_model("rain")
     for _ in range(3):
         client.create_model_version("rain", (tmp_path / "model").as_uri())
