@@ -368,12 +368,9 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of this process is not alive
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done != 0:
-            return False
-    except ChildProcessError:
-        pass
+    with contextlib.suppress(ChildProcessError):  # not a child of this process
+        if os.waitpid(pid, os.WNOHANG)[0] != 0:
+            return False  # a zombie child of this process (reaped now) is not alive
     return not _zombie(pid)
 
 
