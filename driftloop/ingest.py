@@ -263,10 +263,14 @@ def as_bound(until: str | dt.date | dt.datetime | None) -> dt.date | dt.datetime
 def _version_data(params: Params, settings: Settings, changed: bool, push: bool) -> str:
     """`dvc add` the data folder when something was accepted; the md5 it records."""
     raw_dir = settings.path(params.data.raw_dir)
+    manifest = settings.path(params.reports.ingest)
     if not changed:
-        return versioning.recorded_md5(settings.project, raw_dir)
+        md5 = versioning.recorded_md5(settings.project, raw_dir)
+        if md5 and not manifest.exists():  # e.g. data ingested by a flow, then `dvc repro`
+            datastore.write_manifest(raw_dir, manifest, md5)
+        return md5
     md5 = versioning.track(settings.project, raw_dir, push=push)
-    datastore.write_manifest(raw_dir, settings.path(params.reports.ingest), md5)
+    datastore.write_manifest(raw_dir, manifest, md5)
     return md5
 
 

@@ -88,3 +88,17 @@ def test_changing_min_delta_reruns_only_promote(
     assert module_project.champion() == "1"
     assert len(module_project.audit()) == audited + 1
     assert "Data and pipelines are up to date." in dvc(module_project, "status").stdout
+
+
+def test_an_ingest_stage_run_again_with_nothing_new_still_writes_its_output(
+    module_project: Project, first_repro: subprocess.CompletedProcess[str]
+) -> None:
+    """DVC removes a stage's outputs before running it; an ingest with nothing new (the data
+    came in through the training flow, or the stage is forced) must write its manifest again."""
+    manifest = module_project.root / module_project.params.reports.ingest
+    before = manifest.read_text()
+    forced = dvc(module_project, "repro", "--force", "--single-item", "ingest")
+    assert forced.returncode == 0, forced.stderr
+    assert "nothing new to ingest" in forced.stdout
+    assert manifest.read_text() == before
+    assert "Data and pipelines are up to date." in dvc(module_project, "status").stdout
