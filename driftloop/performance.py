@@ -90,12 +90,7 @@ def bootstrap_interval(
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(y), size=(rounds, len(y)))
     values = np.array([metric(y[idx], p[idx]) for idx in draws])
-    values = values[np.isfinite(values)]
-    if len(values) < rounds // 2:
-        return value, math.nan, math.nan
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(values, [alpha, 1 - alpha])
-    return value, float(low), float(high)
+    return (value, *_percentile_interval(values, rounds, confidence))
 
 
 def _midrank_components(y: np.ndarray, p: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -143,12 +138,7 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(y), size=(rounds, len(y)))
     values = np.array([metric_a(y[i], p_a[i]) - metric_b(y[i], p_b[i]) for i in draws])
-    values = values[np.isfinite(values)]
-    if len(values) < rounds // 2:
-        return value, math.nan, math.nan
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(values, [alpha, 1 - alpha])
-    return value, float(low), float(high)
+    return (value, *_percentile_interval(values, rounds, confidence))
 
 
 def paired_interval(
@@ -266,3 +256,13 @@ def _judged(
     return PerformanceTest(
         metric, reference, current, low, high, n, method, verdict, reason, tolerance, confidence
     )
+
+
+def _percentile_interval(values: np.ndarray, rounds: int, confidence: float) -> tuple[float, float]:
+    """The percentile interval of bootstrap draws (NaN when fewer than half were finite)."""
+    values = values[np.isfinite(values)]
+    if len(values) < rounds // 2:
+        return math.nan, math.nan
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
