@@ -102,6 +102,7 @@ class MonitorRun(Tagged):
     reason: str = ""
     champion: str = ""
     model: str = ""
+    flow_run: str = ""  # the Prefect flow run that monitored ('' outside one)
 
 
 COMPLETE_TAG = PREFIX + "training_complete"  # a run tag: written last, nothing without it ships

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -687,6 +688,7 @@ def log_monitoring(params: Params, settings: Settings, result: MonitorResult) ->
             reason=result.decision.reason[:4000],
             champion=str(result.champion),
             model=params.train.model_name,
+            flow_run=os.environ.get("PREFECT__FLOW_RUN_ID", ""),
         )
         mlflow.set_tags(tags.to_tags())
         if result.out_dir is not None:  # the HTML (4 MB) stays in data/monitoring, under DVC

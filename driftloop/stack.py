@@ -39,6 +39,7 @@ from typing import Any
 
 from driftloop.config import Settings
 from driftloop.errors import DriftloopError
+from driftloop.warm import SOCKET_ENV
 
 POOL = "driftloop-local"  # the work pool named in deployments/prefect.yaml
 WORKERS = 2
@@ -217,6 +218,36 @@ class PartStatus:
     detail: str = ""
 
 
+def warm_starts() -> bool:
+    """Whether each worker gets a warm starter (`driftloop.warm`); `DRIFTLOOP_STACK_WARM=0`
+    gives plain process workers that start every flow run as a new interpreter."""
+    return os.environ.get("DRIFTLOOP_STACK_WARM", "1").strip().lower() not in ("0", "false", "no")
+
+
+def warm_socket(config: StackConfig, worker: int) -> Path:
+    """The worker's warm starter's socket: under the stack's home, or, where that path is too
+    long for a Unix socket (108 bytes), in a folder of the temp dir named by the home's hash."""
+    path = config.home / "warm" / f"worker-{worker}.sock"
+    if len(os.fsencode(path)) <= 100:
+        return path
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha1(os.fsencode(config.home.resolve())).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"driftloop-warm-{os.getuid()}-{tag}" / path.name
+
+
+def pool_template() -> dict[str, Any]:
+    """The work pool's base job template: a process pool whose flow runs start through the
+    warm client (which starts cold by itself when its worker has no starter)."""
+    from prefect.workers.process import ProcessWorker
+
+    template: dict[str, Any] = ProcessWorker.get_default_base_job_template()
+    command = template["variables"]["properties"]["command"]
+    command["default"] = " ".join(_python("-m", "driftloop.warm")) if warm_starts() else None
+    return template
+
+
 def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
@@ -316,6 +347,15 @@ def parts(config: StackConfig) -> list[Part]:
             health=f"http://127.0.0.1:{config.webdav_port}/dvc/",
         ),
     ]
+    if warm_starts():
+        out += [
+            Part(
+                f"warm-{i}",
+                _python("-m", "driftloop.warm", "serve", str(warm_socket(config, i))),
+                worker_env,
+            )
+            for i in range(1, WORKERS + 1)
+        ]
     out += [
         Part(
             f"worker-{i}",
@@ -332,7 +372,7 @@ def parts(config: StackConfig) -> list[Part]:
                 "--type",
                 "process",
             ),
-            worker_env,
+            {**worker_env, **({SOCKET_ENV: str(warm_socket(config, i))} if warm_starts() else {})},
             stop_signal=signal.SIGINT,
             signals=2,
         )
@@ -635,8 +675,22 @@ def deploy_env(config: StackConfig) -> dict[str, str]:
 def register_deployments(config: StackConfig, env: dict[str, str] | None = None) -> None:
     """The work pool, the project's deployments and the zombie-run automation."""
     env = deploy_env(config) if env is None else env
+    template = config.home / "pool-template.json"
+    template.write_text(json.dumps(pool_template(), indent=1))
     done = subprocess.run(
-        _python("-m", "prefect", "--no-prompt", "work-pool", "create", POOL, "--type", "process"),
+        _python(
+            "-m",
+            "prefect",
+            "--no-prompt",
+            "work-pool",
+            "create",
+            POOL,
+            "--type",
+            "process",
+            "--base-job-template",
+            str(template),
+            "--overwrite",
+        ),
         env=env,
         cwd=config.project,
         capture_output=True,
@@ -756,6 +810,9 @@ def up(settings: Settings, timeout: float = 300) -> StackReport:
     by_name = {p.name: p for p in parts(config)}
     for name in ("prefect-api", "prefect-services", "mlflow", "webdav"):
         start_part(config, by_name[name])
+    for part in by_name.values():  # the warm starters import while the servers come up
+        if part.name.startswith("warm-"):
+            start_part(config, part)
     # each server's set-up as soon as it answers, the three at once; their environments are
     # taken before `ensure_identities` lends the process its admin credentials
     deploying, dvc_env = deploy_env(config), _base_env(config)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from driftloop.stack import StackConfig, pid_of
 
@@ -53,3 +54,37 @@ def test_a_part_that_runs_is_running_and_one_never_started_is_not(tmp_path: Path
     assert pid_of(config, "worker-1") is None
     _record(config, "worker-1", os.getpid())
     assert pid_of(config, "worker-1") == os.getpid()
+
+
+def test_each_worker_gets_a_warm_starter_and_the_pool_starts_runs_through_it(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from driftloop import stack
+    from driftloop.warm import SOCKET_ENV
+
+    monkeypatch.delenv("DRIFTLOOP_STACK_WARM", raising=False)
+    config = StackConfig(home=tmp_path / "stack", project=tmp_path)
+    by_name = {p.name: p for p in stack.parts(config)}
+    for i in (1, 2):
+        socket = str(stack.warm_socket(config, i))
+        assert by_name[f"warm-{i}"].argv[-2:] == ["serve", socket]
+        assert by_name[f"worker-{i}"].env[SOCKET_ENV] == socket
+    command = stack.pool_template()["variables"]["properties"]["command"]["default"]
+    assert command == f"{sys.executable} -m driftloop.warm"
+
+    monkeypatch.setenv("DRIFTLOOP_STACK_WARM", "0")  # plain process workers
+    names = {p.name for p in stack.parts(config)}
+    assert not any(n.startswith("warm-") for n in names) and {"worker-1", "worker-2"} <= names
+    assert all(SOCKET_ENV not in p.env for p in stack.parts(config))
+    assert stack.pool_template()["variables"]["properties"]["command"]["default"] is None
+
+
+def test_a_warm_socket_path_too_long_for_unix_moves_to_the_temp_dir(tmp_path: Path) -> None:
+    from driftloop import stack
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    path = stack.warm_socket(StackConfig(home=deep, project=tmp_path), 1)
+    assert len(os.fsencode(path)) <= 100 and path.name == "worker-1.sock"
+    assert path == stack.warm_socket(StackConfig(home=deep, project=tmp_path), 2).with_name(
+        "worker-1.sock"
+    )
