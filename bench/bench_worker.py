@@ -262,7 +262,7 @@ def schedule_lag(stack: Stack, runs: int, every: float) -> dict[str, Any]:
             path=source.path,
             pull_steps=source.pull_steps,
             work_pool_name=source.work_pool_name,
-            parameters={"retrain": "off"},
+            parameters={"retrain": "off"},  # each run monitors and records; nothing else
             parameter_openapi_schema=source.parameter_openapi_schema,
             schedules=[
                 DeploymentScheduleCreate(
@@ -279,8 +279,12 @@ def schedule_lag(stack: Stack, runs: int, every: float) -> dict[str, Any]:
         slots: list[Any] = []
         deadline = time.monotonic() + (end - datetime.now(UTC)).total_seconds() + 1200
         while time.monotonic() < deadline:
-            every_run = client.read_flow_runs(flow_run_filter=only, limit=10 * runs + 200)
-            slots = [r for r in every_run if r.expected_start_time and r.expected_start_time < end]
+            every_run = _all_runs(client, only)
+            slots = [  # the schedule also fills the minute before the anchor: not counted
+                r
+                for r in every_run
+                if r.expected_start_time and anchor <= r.expected_start_time < end
+            ]
             done = [r for r in slots if r.state and r.state.type.value in FINAL]
             if datetime.now(UTC) > end and len(done) >= runs and len(done) == len(slots):
                 break
@@ -304,6 +308,9 @@ def schedule_lag(stack: Stack, runs: int, every: float) -> dict[str, Any]:
                     "pid": run.infrastructure_pid,
                 }
             )
+    taken = _taken_by(stack)
+    for row in rows:
+        row["worker"] = taken.get(row["id"])
     per_slot = Counter(r["expected"] for r in rows)
     monitoring = _mlflow_monitor_runs(stack, {r["id"] for r in rows})
     lags = [r["lag_s"] for r in rows if r["lag_s"] is not None]
@@ -318,7 +325,7 @@ def schedule_lag(stack: Stack, runs: int, every: float) -> dict[str, Any]:
         "runs": len(rows),
         "every_s": every,
         "states": dict(Counter(r["state"] for r in rows)),
-        "by_worker_process": len({r["pid"] for r in rows}),
+        "runs_per_worker": dict(Counter(str(r["worker"]) for r in rows)),
         "lag_s": _spread(lags),
         "pickup_s": _spread(pickups),
         "duplicates": duplicates,
@@ -326,6 +333,27 @@ def schedule_lag(stack: Stack, runs: int, every: float) -> dict[str, Any]:
         "mlflow_monitoring_runs": sum(monitoring.values()),
         "rows": rows,
     }
+
+
+def _taken_by(stack: Stack) -> dict[str, str]:
+    """Which worker submitted each flow run (from the workers' logs)."""
+    import re
+
+    out: dict[str, str] = {}
+    for log_file in sorted((stack.project / ".driftloop" / "stack" / "logs").glob("worker-*.log")):
+        text = log_file.read_text(errors="replace")
+        for run_id in re.findall(r"submitting flow run '([0-9a-f-]{36})'", text):
+            out[run_id] = log_file.stem
+    return out
+
+
+def _all_runs(client: Any, only: Any) -> list[Any]:
+    out: list[Any] = []
+    while True:  # the API gives at most 200 at a time
+        page = client.read_flow_runs(flow_run_filter=only, limit=200, offset=len(out))
+        out += page
+        if len(page) < 200:
+            return out
 
 
 def _mlflow_monitor_runs(stack: Stack, flow_runs: set[str]) -> Counter[str]:
@@ -407,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_s"] = time.monotonic() - started
     RESULTS.mkdir(exist_ok=True)
     text = json.dumps(result, indent=1, allow_nan=False, default=str)
-    (RESULTS / "worker.json").write_text(text + "\n")
+    name = "worker.json" if args.only is None else f"worker-{args.only}.json"
+    (RESULTS / name).write_text(text + "\n")
     summary(result)
     if args.json:
         print(text)
@@ -429,7 +458,8 @@ def summary(result: dict[str, Any]) -> None:
         sched = result["schedule"]
         log(
             f"scheduled monitoring: {sched['runs']} runs {sched['states']}, lag {sched['lag_s']}, "
-            f"pick-up {sched['pickup_s']}, duplicates {sched['duplicates']} (target 0)"
+            f"pick-up {sched['pickup_s']}, duplicates {sched['duplicates']} (target 0), "
+            f"per worker {sched['runs_per_worker']}"
         )
 
 

@@ -546,6 +546,10 @@ def write_configs(config: StackConfig) -> None:
             "admin_username = admin",
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
             "grant_default_workspace_access = false",
+            # a verified (user, password) is trusted for a minute: each request otherwise
+            # re-checks the scrypt hash (~0.2-0.5 s of CPU), 50 of them per training run; one
+            # server worker, so a password changed through the API takes effect at once
+            "auth_cache_ttl_seconds = 60",
             "",
         ]
     )
