@@ -512,3 +512,20 @@ def stack_session(
                 cursor.execute(f'DROP DATABASE IF EXISTS "{prefix}_{part}" WITH (FORCE)')
         for db in dbs:
             flush_redis(db)
+
+
+def version_copies(client: Any, name: str, of: str, count: int) -> list[str]:
+    """`count` more registered versions of the same logged model as version `of` (candidates
+    that cost no training)."""
+    source = client.get_model_version(name, of)
+    made = []
+    for _ in range(count):
+        mv = client.create_model_version(
+            name,
+            source.source,
+            run_id=source.run_id,
+            tags=dict(source.tags),
+            model_id=source.source.removeprefix("models:/"),  # a LoggedModel source
+        )
+        made.append(str(mv.version))
+    return made

@@ -145,19 +145,7 @@ def _ledger(stack: Stack) -> dict[str, Any]:
 
 def _copies(name: str, of: str, count: int) -> list[str]:
     """`count` more registered versions of the same model as version `of` (cheap candidates)."""
-    client = _client()
-    source = client.get_model_version(name, of)
-    made = []
-    for _ in range(count):
-        mv = client.create_model_version(
-            name,
-            source.source,
-            run_id=source.run_id,
-            tags=dict(source.tags),
-            model_id=source.source.removeprefix("models:/"),  # a LoggedModel source
-        )
-        made.append(str(mv.version))
-    return made
+    return harness.version_copies(_client(), name, of, count)
 
 
 def _move(env: dict[str, str], version: str, basis: str, start: Any, rounds: int) -> list[str]:
