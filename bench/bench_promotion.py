@@ -182,8 +182,11 @@ def summarize(promoters: int, rounds: int, attempts: Sequence[dict[str, Any]]) -
 
 
 def ratios(races: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """Committed per second of each N over the N = 1 race's (None without a baseline)."""
-    base = next((r["committed_per_s"] for r in races if r["promoters"] == 1), None)
+    """Committed per second of each N over the baseline's: the mean of the N = 1 races (run
+    first and again last, so that a change of machine load during the run shows and is shared
+    out). None without a baseline; the N = 1 entry is the later baseline over the mean."""
+    singles = [r["committed_per_s"] for r in races if r["promoters"] == 1]
+    base = sum(singles) / len(singles) if singles else 0.0
     return {
         str(r["promoters"]): round(r["committed_per_s"] / base, 3) if base else None for r in races
     }
@@ -225,6 +228,51 @@ def _state(settings: Any, client: Any, name: str, reason: str) -> dict[str, Any]
     }
 
 
+def _timed(work: Any, reps: int) -> dict[str, float]:
+    took = []
+    for _ in range(reps):
+        began = time.monotonic()
+        work()
+        took.append(time.monotonic() - began)
+    return _ms(took)
+
+
+def parts(settings: Any, client: Any, name: str, pair: tuple[str, str], reps: int = 5) -> Any:
+    """What one move is made of, each step timed alone from one warm process (no contention):
+    the reads of the champion's reconcile and version check, the ledger's compare-and-set
+    (a real move, recorded) and the alias write that follows it; and the MLflow server's
+    `/health`, which needs neither auth nor its database (the floor of one HTTP request)."""
+    from driftloop import champion, registry
+    from driftloop.ledger import Promotion
+    from driftloop.stack import answers
+
+    store = champion.store_of(settings)
+    moves = iter([pair[i % 2] for i in range(reps)])
+
+    def cas_and_alias() -> tuple[float, float]:
+        version, basis = next(moves), store.champion(name)
+        event = Promotion(name, version=version, decision="promoted", reason="bench parts")
+        began = time.monotonic()
+        if not store.move_champion(event, basis):
+            raise RuntimeError("nobody else moves the champion here")
+        middle = time.monotonic()
+        registry.set_alias(client, name, registry.CHAMPION, version)
+        return middle - began, time.monotonic() - middle
+
+    split = [cas_and_alias() for _ in range(reps)]
+    uri = settings.mlflow_uri
+    found = {
+        "ledger_read": _timed(lambda: store.champion(name), reps),
+        "alias_read": _timed(lambda: champion.alias_version(client, name), reps),
+        "version_read": _timed(lambda: registry.get_version(client, name, pair[0]), reps),
+        "ledger_cas": _ms([c for c, _ in split]),
+        "alias_write": _ms([a for _, a in split]),
+    }
+    if uri.startswith("http"):
+        found["mlflow_health"] = _timed(lambda: answers(f"{uri}/health"), reps)
+    return found
+
+
 def bench_backend(
     label: str, root: Path, env: dict[str, str], promoters: Sequence[int], rounds: int
 ) -> dict[str, Any]:
@@ -246,9 +294,15 @@ def bench_backend(
     pairs = [(candidates[2 * i], candidates[2 * i + 1]) for i in range(max(promoters))]
     setup = time.monotonic() - started
     _say(f"{label}: v{first} trained and promoted, {len(candidates)} candidates ({setup:.0f} s)")
+    steps = parts(settings, client, name, pairs[0])
+    _say(
+        f"{label}: one move's steps, ms p50: "
+        + ", ".join(f"{k} {v['p50']:.0f}" for k, v in steps.items())
+    )
     races = []
-    for n in promoters:
-        reason = f"bench {label} N={n}"
+    order = [*promoters, 1] if len(promoters) > 1 else promoters  # the baseline again at the end
+    for n in order:
+        reason = f"bench {label} N={n} #{len(races)}"
         before = _state(settings, client, name, reason)
         load = os.getloadavg()[0]
         attempts = race(env, pairs[:n], rounds, reason)
@@ -269,9 +323,11 @@ def bench_backend(
     final = _state(settings, client, name, "")
     return {
         "setup_s": round(setup, 1),
+        "steps_ms": steps,
         "model": name,
         "versions": [first, *candidates],
         "races": races,
+        "baseline_committed_per_s": [r["committed_per_s"] for r in races if r["promoters"] == 1],
         "ratio_committed_per_s": ratios(races),
         "ledger_verify": {"ok": verify.get("ok"), "models": verify.get("models")},
         "champion": final["champion"],
@@ -423,6 +479,13 @@ def _table(result: dict[str, Any]) -> str:
                 f"{r['latency_ms']['p50']:.0f} | {r['latency_ms']['p95']:.0f} | "
                 f"{r['round_ms']['p50']:.0f} | {r['lost']} | {r['failed']} | "
                 f"{r['rounds_with_one_winner']}/{r['rounds']} | {r['ok']} |"
+            )
+    for backend in ("stack", "embedded"):
+        if backend in result:
+            steps = result[backend]["steps_ms"]
+            lines.append(
+                f"{backend}, one move's steps alone, ms p50: "
+                + ", ".join(f"{k} {v['p50']:.0f}" for k, v in steps.items())
             )
     lines += ["", result["uptime_after"], f"all checks: {'ok' if result['ok'] else 'FAILED'}", ""]
     return "\n".join(lines)

@@ -80,10 +80,11 @@ def test_a_missing_round_is_wrong() -> None:
     assert figures["wrong_rounds"] == ["round 2: 0 won of 0, bases set()"]
 
 
-def test_ratio_is_against_the_single_promoter() -> None:
+def test_ratio_is_against_the_mean_of_the_single_promoter_races() -> None:
     races = [
         {"promoters": 1, "committed_per_s": 4.0},
         {"promoters": 4, "committed_per_s": 3.0},
     ]
     assert ratios(races) == {"1": 1.0, "4": 0.75}
+    assert ratios([*races, {"promoters": 1, "committed_per_s": 2.0}]) == {"1": 0.667, "4": 1.0}
     assert ratios(races[1:]) == {"4": None}
