@@ -11,12 +11,16 @@
 - `prefect_server()`: a local Prefect server on a free port with a throwaway PREFECT_HOME.
 - `ProjectFactory`: a throwaway driftloop project per run (git + DVC with a local remote, the
   MLflow store migrated once and copied).
+- `stack_session()`: `driftloop stack up` for a project on this machine's PostgreSQL and Redis,
+  with its own ports, databases (copies of migrated templates) and two empty Redis databases;
+  down, dropped and flushed at the end (the fault suite's stack and the promotion benchmark's).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -288,3 +293,239 @@ class ProjectFactory:
 
 def scratch_dir(prefix: str = "driftloop-bench-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+# -- the stack on this machine's PostgreSQL and Redis --------------------------------------------
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+REDIS = ("127.0.0.1", 6379)
+
+
+def pg_admin() -> Any:
+    """An autocommit connection to the server's `postgres` database (create and drop)."""
+    import psycopg2
+
+    conn = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+def redis_command(command: list[str]) -> str:
+    """One Redis command over a socket (RESP), its reply's first line (no client library)."""
+    with socket.create_connection(REDIS, timeout=5) as sock:
+        parts = [f"*{len(command)}\r\n"] + [f"${len(c)}\r\n{c}\r\n" for c in command]
+        sock.sendall("".join(parts).encode())
+        return sock.recv(4096).decode().split("\r\n", 1)[0]
+
+
+def services_missing() -> str | None:
+    """Why the stack cannot run here (None: PostgreSQL and Redis answer)."""
+    try:
+        pg_admin().close()
+    except Exception as exc:
+        return f"no PostgreSQL on 127.0.0.1:5432 ({exc.__class__.__name__})"
+    try:
+        redis_command(["PING"])
+    except OSError as exc:
+        return f"no Redis on 127.0.0.1:6379 ({exc.__class__.__name__})"
+    return None
+
+
+def free_port_base() -> int:
+    """Three consecutive free ports."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + 3):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError("no three consecutive free ports")
+
+
+def empty_redis_dbs() -> tuple[int, int]:
+    """Two Redis databases nobody uses (no keys): the stack's messaging and coordination."""
+    empty = [db for db in range(8, 16) if redis_dbsize(db) == 0]
+    if len(empty) < 2:
+        raise RuntimeError("fewer than two empty Redis databases in 8..15")
+    first = random.randrange(len(empty) - 1)
+    return empty[first], empty[first + 1]
+
+
+def redis_dbsize(db: int) -> int:
+    with socket.create_connection(REDIS, timeout=5) as sock:
+        sock.sendall(
+            f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n*1\r\n$6\r\nDBSIZE\r\n".encode()
+        )
+        time.sleep(0.05)
+        reply = sock.recv(4096).decode()
+    return int(reply.split(":")[-1].split("\r\n")[0])
+
+
+def flush_redis(db: int) -> None:
+    with socket.create_connection(REDIS, timeout=5) as sock:
+        sock.sendall(
+            f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n*1\r\n$7\r\nFLUSHDB\r\n".encode()
+        )
+        time.sleep(0.05)
+        sock.recv(4096)
+
+
+def template_db(part: str) -> str:
+    """The name of the migrated template of a stack database, per library versions (a new
+    Prefect or MLflow gets templates of its own)."""
+    from importlib.metadata import version
+
+    key = f"{version('prefect')}_{version('mlflow')}".replace(".", "_")
+    return f"dlf_template_{part}_{key}"
+
+
+def build_templates(workdir: Path) -> None:
+    """Migrate fresh Prefect and MLflow databases once (`driftloop.stack.migrate`, as `stack up`
+    does) and keep them as templates; another session building them at once is harmless."""
+    from driftloop import stack as stack_mod
+
+    build = f"dlf_build_{uuid.uuid4().hex[:8]}"
+    config = stack_mod.StackConfig(home=workdir, project=workdir, prefix=build)
+    with contextlib.closing(pg_admin()) as admin, admin.cursor() as cursor:
+        for part in ("prefect", "mlflow"):
+            cursor.execute(f'CREATE DATABASE "{build}_{part}"')
+        try:
+            stack_mod.migrate(config)
+            for part in ("prefect", "mlflow"):
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template_db(part),))
+                if cursor.fetchone() is None:
+                    cursor.execute(
+                        f'ALTER DATABASE "{build}_{part}" RENAME TO "{template_db(part)}"'
+                    )
+                    cursor.execute(f'ALTER DATABASE "{template_db(part)}" WITH IS_TEMPLATE true')
+        finally:
+            for part in ("prefect", "mlflow"):
+                cursor.execute(f'DROP DATABASE IF EXISTS "{build}_{part}" WITH (FORCE)')
+
+
+def clone_templates(prefix: str, workdir: Path) -> None:
+    """The stack's Prefect and MLflow databases as copies of migrated templates: `stack up`
+    finds their schemas current instead of running every migration on an empty database."""
+    import psycopg2
+
+    with contextlib.closing(pg_admin()) as admin, admin.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_database WHERE datname IN (%s, %s)",
+            (template_db("prefect"), template_db("mlflow")),
+        )
+        built = cursor.fetchone()[0] == 2
+    if not built:
+        build_templates(workdir)
+    with contextlib.closing(pg_admin()) as admin, admin.cursor() as cursor:
+        for part in ("prefect", "mlflow"):
+            for attempt in range(10):  # a template is copied only while nobody is connected
+                try:
+                    cursor.execute(
+                        f'CREATE DATABASE "{prefix}_{part}" TEMPLATE "{template_db(part)}"'
+                    )
+                    break
+                except psycopg2.errors.ObjectInUse:
+                    if attempt == 9:
+                        raise
+                    time.sleep(1 + attempt)
+
+
+def read_stack_env(home: Path) -> dict[str, str]:
+    """The variables of `<home>/stack.env`, the environment that points a process at the stack."""
+    import shlex
+
+    out = {}
+    for line in (home / "stack.env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        out[key] = shlex.split(value)[0] if value else ""
+    return out
+
+
+@dataclass(frozen=True)
+class StackSession:
+    """A running stack: its own settings (`own`: ports, prefix, Redis dbs), `stack.env`'s
+    variables (`client`), and both over the environment it was started from (`env`)."""
+
+    prefix: str
+    own: dict[str, str]
+    client: dict[str, str]
+    env: dict[str, str]
+
+    @property
+    def state_db(self) -> str:
+        return f"{self.prefix}_state"
+
+
+STACK_TARGETS = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DRIFTLOOP_STATE_URL")
+
+
+@contextlib.contextmanager
+def stack_session(
+    cli: Sequence[str], project: Path, env: dict[str, str], home: Path, workdir: Path
+) -> Iterator[StackSession]:
+    """`CLI stack up` for `project` (`env`: its environment; `home`: the stack's folder under the
+    project's state dir; `workdir`: scratch for building templates) with its own ports, a random
+    database prefix (databases copied from migrated templates) and two empty Redis databases.
+    At the end: `stack down`, the databases dropped, the Redis databases flushed."""
+    prefix = f"dlf_{uuid.uuid4().hex[:8]}"
+    dbs = empty_redis_dbs()
+    own = {
+        "DRIFTLOOP_STACK_PORT_BASE": str(free_port_base()),
+        "DRIFTLOOP_STACK_PREFIX": prefix,
+        "DRIFTLOOP_STACK_REDIS_DBS": f"{dbs[0]},{dbs[1]}",
+    }
+    base = {k: v for k, v in env.items() if k not in STACK_TARGETS} | own
+    started = time.monotonic()
+    try:
+        clone_templates(prefix, workdir)
+        print(f"databases from templates: {time.monotonic() - started:.0f} s", file=sys.stderr)
+        up = subprocess.run(
+            [*cli, "stack", "up", "--json"],
+            cwd=project,
+            env=base,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if up.returncode != 0:
+            raise RuntimeError(f"stack up -> {up.returncode}: {up.stderr[-2000:]}")
+        print(f"stack up: {time.monotonic() - started:.0f} s", file=sys.stderr)
+        client = read_stack_env(home)
+        yield StackSession(prefix, own, client, base | client)
+    finally:
+        subprocess.run(
+            [*cli, "stack", "down", "--json"],
+            cwd=project,
+            env=base,
+            capture_output=True,
+            timeout=300,
+        )
+        from driftloop.ledger import STORES
+
+        STORES.clear()
+        with contextlib.closing(pg_admin()) as admin, admin.cursor() as cursor:
+            for part in ("prefect", "mlflow", "mlflow_auth", "state"):
+                cursor.execute(f'DROP DATABASE IF EXISTS "{prefix}_{part}" WITH (FORCE)')
+        for db in dbs:
+            flush_redis(db)
+
+
+def version_copies(client: Any, name: str, of: str, count: int) -> list[str]:
+    """`count` more registered versions of the same logged model as version `of` (candidates
+    that cost no training)."""
+    source = client.get_model_version(name, of)
+    made = []
+    for _ in range(count):
+        mv = client.create_model_version(
+            name,
+            source.source,
+            run_id=source.run_id,
+            tags=dict(source.tags),
+            model_id=source.source.removeprefix("models:/"),  # a LoggedModel source
+        )
+        made.append(str(mv.version))
+    return made

@@ -12,12 +12,9 @@ import contextlib
 import itertools
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,146 +22,14 @@ from typing import Any
 
 import pytest
 
+from bench import harness
 from driftloop.config import load_params
 from tests.helpers import Project, build_project, cli_command, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(1500)]
 
-PG = "postgresql://postgres@127.0.0.1:5432"
-REDIS = ("127.0.0.1", 6379)
-
 
 # -- the stack ------------------------------------------------------------------------------------
-
-
-def _pg_admin() -> Any:
-    import psycopg2
-
-    conn = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
-    conn.autocommit = True
-    return conn
-
-
-def _redis(command: list[str]) -> str:
-    """One Redis command over a socket (RESP), its reply's first line (no client library)."""
-    with socket.create_connection(REDIS, timeout=5) as sock:
-        parts = [f"*{len(command)}\r\n"] + [f"${len(c)}\r\n{c}\r\n" for c in command]
-        sock.sendall("".join(parts).encode())
-        return sock.recv(4096).decode().split("\r\n", 1)[0]
-
-
-def _services_there() -> str | None:
-    """Why the stack cannot run here (None: PostgreSQL and Redis answer)."""
-    try:
-        _pg_admin().close()
-    except Exception as exc:
-        return f"no PostgreSQL on 127.0.0.1:5432 ({exc.__class__.__name__})"
-    try:
-        _redis(["PING"])
-    except OSError as exc:
-        return f"no Redis on 127.0.0.1:6379 ({exc.__class__.__name__})"
-    return None
-
-
-def _free_port_base() -> int:
-    """Three consecutive free ports."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000)
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(base, base + 3):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no three consecutive free ports")
-
-
-def _empty_redis_dbs() -> tuple[int, int]:
-    """Two Redis databases nobody uses (no keys): the stack's messaging and coordination."""
-    empty = [db for db in range(8, 16) if _dbsize(db) == 0]
-    if len(empty) < 2:
-        raise RuntimeError("fewer than two empty Redis databases in 8..15")
-    first = random.randrange(len(empty) - 1)
-    return empty[first], empty[first + 1]
-
-
-def _dbsize(db: int) -> int:
-    with socket.create_connection(REDIS, timeout=5) as sock:
-        sock.sendall(
-            f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n*1\r\n$6\r\nDBSIZE\r\n".encode()
-        )
-        time.sleep(0.05)
-        reply = sock.recv(4096).decode()
-    return int(reply.split(":")[-1].split("\r\n")[0])
-
-
-def _flush_redis(db: int) -> None:
-    with socket.create_connection(REDIS, timeout=5) as sock:
-        sock.sendall(
-            f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n*1\r\n$7\r\nFLUSHDB\r\n".encode()
-        )
-        time.sleep(0.05)
-        sock.recv(4096)
-
-
-def _template(part: str) -> str:
-    """The name of the migrated template of a stack database, per library versions (a new
-    Prefect or MLflow gets templates of its own)."""
-    from importlib.metadata import version
-
-    key = f"{version('prefect')}_{version('mlflow')}".replace(".", "_")
-    return f"dlf_template_{part}_{key}"
-
-
-def _build_templates(workdir: Path) -> None:
-    """Migrate fresh Prefect and MLflow databases once (`driftloop.stack.migrate`, as `stack up`
-    does) and keep them as templates; another session building them at once is harmless."""
-    from driftloop import stack as stack_mod
-
-    build = f"dlf_build_{uuid.uuid4().hex[:8]}"
-    config = stack_mod.StackConfig(home=workdir, project=workdir, prefix=build)
-    with contextlib.closing(_pg_admin()) as admin, admin.cursor() as cursor:
-        for part in ("prefect", "mlflow"):
-            cursor.execute(f'CREATE DATABASE "{build}_{part}"')
-        try:
-            stack_mod.migrate(config)
-            for part in ("prefect", "mlflow"):
-                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_template(part),))
-                if cursor.fetchone() is None:
-                    cursor.execute(f'ALTER DATABASE "{build}_{part}" RENAME TO "{_template(part)}"')
-                    cursor.execute(f'ALTER DATABASE "{_template(part)}" WITH IS_TEMPLATE true')
-        finally:
-            for part in ("prefect", "mlflow"):
-                cursor.execute(f'DROP DATABASE IF EXISTS "{build}_{part}" WITH (FORCE)')
-
-
-def _clone_templates(prefix: str, workdir: Path) -> None:
-    """The stack's Prefect and MLflow databases as copies of migrated templates: `stack up`
-    finds their schemas current instead of running every migration on an empty database."""
-    import psycopg2
-
-    with contextlib.closing(_pg_admin()) as admin, admin.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_database WHERE datname IN (%s, %s)",
-            (_template("prefect"), _template("mlflow")),
-        )
-        built = cursor.fetchone()[0] == 2
-    if not built:
-        _build_templates(workdir)
-    with contextlib.closing(_pg_admin()) as admin, admin.cursor() as cursor:
-        for part in ("prefect", "mlflow"):
-            for attempt in range(10):  # a template is copied only while nobody is connected
-                try:
-                    cursor.execute(
-                        f'CREATE DATABASE "{prefix}_{part}" TEMPLATE "{_template(part)}"'
-                    )
-                    break
-                except psycopg2.errors.ObjectInUse:
-                    if attempt == 9:
-                        raise
-                    time.sleep(1 + attempt)
 
 
 @dataclass
@@ -192,68 +57,29 @@ class Stack:
         )
 
 
-def _stack_env(home: Path) -> dict[str, str]:
-    import shlex
-
-    out = {}
-    for line in (home / "stack.env").read_text().splitlines():
-        key, _, value = line.partition("=")
-        out[key] = shlex.split(value)[0] if value else ""
-    return out
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, project_template: Path) -> Iterator[Stack]:
     """`driftloop stack up` for a temp project (own ports, databases, Redis dbs); down after."""
-    missing = _services_there()
+    missing = harness.services_missing()
     if missing is not None:
         if os.environ.get("CI"):
             pytest.fail(f"the fault suite needs PostgreSQL and Redis in CI: {missing}")
         pytest.skip(missing)
-    prefix = f"dlf_{uuid.uuid4().hex[:8]}"
-    dbs = _empty_redis_dbs()
     with pytest.MonkeyPatch.context() as mp:
         project = build_project(tmp_path_factory.mktemp("faults"), project_template, mp, None)
-        mp.setenv("DRIFTLOOP_STACK_PORT_BASE", str(_free_port_base()))
-        mp.setenv("DRIFTLOOP_STACK_PREFIX", prefix)
-        mp.setenv("DRIFTLOOP_STACK_REDIS_DBS", f"{dbs[0]},{dbs[1]}")
-        for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DRIFTLOOP_STATE_URL"):
+        for key in harness.STACK_TARGETS:
             mp.delenv(key, raising=False)
         home = project.settings.state_dir / "stack"
-        started = time.monotonic()
-        try:
-            _clone_templates(prefix, tmp_path_factory.mktemp("templates"))
-            print(f"databases from templates: {time.monotonic() - started:.0f} s")
-            up = subprocess.run(
-                cli_command("stack", "up", "--json"),
-                cwd=project.root,
-                env=subprocess_env(),
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert up.returncode == 0, f"stack up -> {up.returncode}: {up.stderr[-2000:]}"
-            print(f"stack up: {time.monotonic() - started:.0f} s")
-            env = {**subprocess_env(), **_stack_env(home)}
-            for key, value in _stack_env(home).items():
+        with harness.stack_session(
+            cli_command(),
+            project.root,
+            subprocess_env(),
+            home,
+            tmp_path_factory.mktemp("templates"),
+        ) as up:
+            for key, value in (up.own | up.client).items():
                 mp.setenv(key, value)
-            yield Stack(project, env, prefix, home)
-        finally:
-            subprocess.run(
-                cli_command("stack", "down", "--json"),
-                cwd=project.root,
-                env=subprocess_env(),
-                capture_output=True,
-                timeout=300,
-            )
-            from driftloop.ledger import STORES
-
-            STORES.clear()
-            with contextlib.closing(_pg_admin()) as admin, admin.cursor() as cursor:
-                for part in ("prefect", "mlflow", "mlflow_auth", "state"):
-                    cursor.execute(f'DROP DATABASE IF EXISTS "{prefix}_{part}" WITH (FORCE)')
-            for db in dbs:
-                _flush_redis(db)
+            yield Stack(project, up.env, up.prefix, home)
 
 
 def test_the_stack_is_up(stack: Stack) -> None:
@@ -319,19 +145,7 @@ def _ledger(stack: Stack) -> dict[str, Any]:
 
 def _copies(name: str, of: str, count: int) -> list[str]:
     """`count` more registered versions of the same model as version `of` (cheap candidates)."""
-    client = _client()
-    source = client.get_model_version(name, of)
-    made = []
-    for _ in range(count):
-        mv = client.create_model_version(
-            name,
-            source.source,
-            run_id=source.run_id,
-            tags=dict(source.tags),
-            model_id=source.source.removeprefix("models:/"),  # a LoggedModel source
-        )
-        made.append(str(mv.version))
-    return made
+    return harness.version_copies(_client(), name, of, count)
 
 
 def _move(env: dict[str, str], version: str, basis: str, start: Any, rounds: int) -> list[str]:
@@ -565,7 +379,7 @@ def test_killed_ledger_connections_leave_one_champion_and_nothing_half_written(
     done = threading.Event()
 
     def killer() -> None:
-        with contextlib.closing(_pg_admin()) as admin, admin.cursor() as cursor:
+        with contextlib.closing(harness.pg_admin()) as admin, admin.cursor() as cursor:
             while not done.wait(0.25):
                 cursor.execute(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -925,7 +739,7 @@ def test_a_full_artifact_disk_fails_the_run_and_registers_nothing(
         if os.environ.get("CI"):
             pytest.fail(f"cannot mount a tmpfs in CI: {mounted.stderr.strip()}")
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    port = _free_port_base()
+    port = harness.free_port_base()
     server = subprocess.Popen(
         [
             sys.executable,
