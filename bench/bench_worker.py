@@ -27,7 +27,7 @@ its own ports, databases and Redis databases, and measures:
     uv run python -m bench.bench_worker --quick             # 2 repeats; 20 runs every 12 s
     uv run python -m bench.bench_worker --only fixed --repeat 3
 
-Needs PostgreSQL and Redis (`DRIFTLOOP_STACK_POSTGRES`, `DRIFTLOOP_STACK_REDIS`). JSON goes to
+Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (as the fault suite). JSON goes to
 bench/results/worker.json; `--json` prints it as the one document on stdout.
 """
 
@@ -37,14 +37,12 @@ import argparse
 import contextlib
 import json
 import os
-import random
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,75 +61,33 @@ def log(*args: Any) -> None:
 # -- the stack of the run -------------------------------------------------------------------------
 
 
-def _free_port_base() -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000)
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(base, base + 3):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no three consecutive free ports")
-
-
-def _redis(db: int, *command: str) -> str:
-    host, _, port = os.environ.get("DRIFTLOOP_STACK_REDIS", "redis://127.0.0.1:6379")[
-        len("redis://") :
-    ].partition(":")
-    with socket.create_connection((host, int(port or 6379)), timeout=5) as sock:
-        words = ["SELECT", str(db)]
-        wire = f"*2\r\n$6\r\nSELECT\r\n${len(words[1])}\r\n{words[1]}\r\n"
-        wire += f"*{len(command)}\r\n" + "".join(f"${len(c)}\r\n{c}\r\n" for c in command)
-        sock.sendall(wire.encode())
-        time.sleep(0.05)
-        return sock.recv(4096).decode().split("\r\n")[-2]
-
-
-def _empty_redis_dbs() -> tuple[int, int]:
-    empty = [db for db in range(8, 16) if _redis(db, "DBSIZE").lstrip(":") == "0"]
-    if len(empty) < 2:
-        raise RuntimeError("fewer than two empty Redis databases in 8..15")
-    return empty[0], empty[1]
-
-
-def _pg_admin() -> Any:
-    import psycopg2
-
-    url = os.environ.get("DRIFTLOOP_STACK_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-    conn = psycopg2.connect(f"{url.rstrip('/')}/postgres", connect_timeout=5)
-    conn.autocommit = True
-    return conn
-
-
 class Stack:
-    """`driftloop stack up` for a throwaway project; `close()` stops it and drops its state."""
+    """A throwaway project of synthetic events and its stack (`harness.stack_session`: own
+    ports, template databases, Redis databases; down and dropped when the block ends)."""
 
     def __init__(self, work: Path, rows: int) -> None:
+        self.work = work
         self.env = harness.child_env(threads=1)
         self.made = data.make_synthetic(rows, work / "data")
         self.project = harness.ProjectFactory(work / "projects", self.env).new(self.made.params)
-        self.prefix = f"dlb_{uuid.uuid4().hex[:8]}"
-        self.dbs = _empty_redis_dbs()
-        self.env |= {
-            "DRIFTLOOP_PROJECT": str(self.project),
-            "DRIFTLOOP_STACK_PORT_BASE": str(_free_port_base()),
-            "DRIFTLOOP_STACK_PREFIX": self.prefix,
-            "DRIFTLOOP_STACK_REDIS_DBS": f"{self.dbs[0]},{self.dbs[1]}",
-        }
-        started = time.monotonic()
-        self.cli("stack", "up", "--json", timeout=900)
-        self.up_s = time.monotonic() - started
-        home = self.project / ".driftloop" / "stack"
-        import shlex
+        self.env["DRIFTLOOP_PROJECT"] = str(self.project)
+        self.up_s = 0.0
 
-        for line in (home / "stack.env").read_text().splitlines():
-            key, _, value = line.partition("=")
-            self.env[key] = shlex.split(value)[0] if value else ""
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith(("PREFECT_", "MLF"))})
-        log(f"stack up in {self.up_s:.0f} s; project {self.project}")
+    @contextlib.contextmanager
+    def up(self) -> Iterator[Stack]:
+        started = time.monotonic()
+        with harness.stack_session(
+            [str(harness.BIN / "driftloop")],
+            self.project,
+            self.env,
+            self.project / ".driftloop" / "stack",
+            self.work,
+        ) as session:
+            self.env = session.env
+            os.environ.update(session.client)
+            self.up_s = time.monotonic() - started
+            log(f"stack up in {self.up_s:.0f} s; project {self.project}")
+            yield self
 
     def cli(self, *args: str, timeout: float = 1800) -> str:
         cmd = [str(harness.BIN / "driftloop"), *args]
@@ -141,15 +97,6 @@ class Stack:
         if done.returncode != 0:
             raise RuntimeError(f"driftloop {' '.join(args)} -> {done.returncode}: {done.stderr}")
         return done.stdout
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.cli("stack", "down", "--json", timeout=300)
-        with contextlib.closing(_pg_admin()) as admin, admin.cursor() as cursor:
-            for part in ("prefect", "mlflow", "mlflow_auth", "state"):
-                cursor.execute(f'DROP DATABASE IF EXISTS "{self.prefix}_{part}" WITH (FORCE)')
-        for db in self.dbs:
-            _redis(db, "FLUSHDB")
 
 
 # -- flow runs ------------------------------------------------------------------------------------
@@ -249,7 +196,7 @@ def _deployment_name(client: Any, name: str) -> str:
 def schedule_lag(stack: Stack, runs: int, every: float) -> dict[str, Any]:
     from prefect import get_client
     from prefect.client.schemas.actions import DeploymentScheduleCreate
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+    from prefect.client.schemas.filters import FlowRunFilter
     from prefect.client.schemas.schedules import IntervalSchedule
 
     with get_client(sync_client=True) as client:
@@ -291,7 +238,6 @@ def schedule_lag(stack: Stack, runs: int, every: float) -> dict[str, Any]:
             log(f"  {len(done)} of {runs} scheduled runs final ({len(slots)} created)")
             time.sleep(30)
         client.delete_deployment(deployment_id)  # and its runs still scheduled
-        del DeploymentFilter, DeploymentFilterId
         rows = []
         for run in slots:
             states = _states(client, run.id)
@@ -421,16 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         "rows": args.rows,
         "load_before": os.getloadavg()[0],
     }
-    stack = Stack(work, args.rows)
-    try:
+    with Stack(work, args.rows).up() as stack:
         result["stack_up_s"] = stack.up_s
         stack.cli("run", "--json")  # the first champion, through the stack
         if args.only in (None, "fixed"):
             result["fixed"] = fixed_cost(stack, args.repeat)
         if args.only in (None, "schedule"):
             result["schedule"] = schedule_lag(stack, args.runs, args.every)
-    finally:
-        stack.close()
     result["load_after"] = os.getloadavg()[0]
     result["wall_s"] = time.monotonic() - started
     RESULTS.mkdir(exist_ok=True)
