@@ -43,6 +43,9 @@ from driftloop.warm import SOCKET_ENV
 
 POOL = "driftloop-local"  # the work pool named in deployments/prefect.yaml
 WORKERS = 2
+# Each worker runs one flow run at a time: two trainings never share a worker, and a monitoring
+# run that waits for the retrain it started leaves that retrain to the other worker.
+RUNS_PER_WORKER = 1
 HEARTBEAT_SECONDS = 30  # Prefect's minimum
 ZOMBIE_WITHIN_SECONDS = 90  # a run without a heartbeat this long is crashed
 ZOMBIE_AUTOMATION = "driftloop-crash-zombie-runs"
@@ -371,6 +374,8 @@ def parts(config: StackConfig) -> list[Part]:
                 f"{config.prefix}-worker-{i}",
                 "--type",
                 "process",
+                "--limit",
+                str(RUNS_PER_WORKER),
             ),
             {**worker_env, **({SOCKET_ENV: str(warm_socket(config, i))} if warm_starts() else {})},
             stop_signal=signal.SIGINT,
