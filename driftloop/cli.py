@@ -913,7 +913,8 @@ stack_app = typer.Typer(
     help="The scale-out stack on this machine: Prefect server (PostgreSQL, Redis) with two "
     "workers, MLflow server with basic auth, a WebDAV DVC remote, the ledger on PostgreSQL.\n\n"
     "Examples:\n\n  driftloop stack up            # start it (or what is not running)\n\n"
-    "  set -a; . .driftloop/stack/stack.env; set +a   # point this shell at it\n\n"
+    '  eval "$(driftloop stack env)"   # point this shell at it\n\n'
+    "  driftloop --params examples/flights/params.yaml stack loop --steps 4\n\n"
     "  driftloop stack status --json\n\n  driftloop stack down",
 )
 app.add_typer(stack_app, name="stack")
@@ -962,7 +963,8 @@ def stack_down(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @stack_app.command("env")
 def stack_env() -> None:
-    """Print the environment that points a shell (or a worker elsewhere) at the stack."""
+    """Print the environment that points a shell at the stack: `eval "$(driftloop stack env)"`
+    (the same settings as `stack.env`, which a worker elsewhere sources)."""
     from driftloop import stack
 
     try:
@@ -971,7 +973,38 @@ def stack_env() -> None:
     except DriftloopError as exc:
         _fail(exc)
         return
-    typer.echo(path.read_text(), nl=False)
+    lines = path.read_text().splitlines()
+    typer.echo("".join(f"export {line}\n" for line in lines if line.strip()), nl=False)
+
+
+@stack_app.command("loop")
+def stack_loop(
+    steps: int = typer.Option(3, help="How many steps of the model's calendar to run"),
+    timeout: float = typer.Option(3600, help="Seconds to wait for any one flow run"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run the model's loop through the stack's deployments: the first model (`training`) if
+    there is no champion, then per step (every replay.step_days) the new rows and labels
+    ingested, a `monitor-daily` run and the retrain it starts on the other worker. Prints each
+    run with the worker that took it.
+
+    Example: driftloop --params examples/flights/params.yaml stack loop --steps 4
+    """
+    with json_stdout(as_json):
+        try:
+            params, settings = _context()
+            if not os.environ.get("PREFECT_API_URL"):
+                raise ConfigError(
+                    "PREFECT_API_URL is not set: point this shell at the stack first "
+                    '(eval "$(driftloop stack env)")'
+                )
+            from deployments.loop import run_loop
+
+            report = run_loop(params, settings, steps, timeout, typer.echo)  # --json: stderr
+        except DriftloopError as exc:
+            _fail(exc)
+            return
+        _emit(report.to_dict(), as_json, report.summary())
 
 
 @app.command()
