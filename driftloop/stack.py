@@ -43,9 +43,6 @@ from driftloop.warm import SOCKET_ENV
 
 POOL = "driftloop-local"  # the work pool named in deployments/prefect.yaml
 WORKERS = 2
-# Each worker runs one flow run at a time: two trainings never share a worker, and a monitoring
-# run that waits for the retrain it started leaves that retrain to the other worker.
-RUNS_PER_WORKER = 1
 HEARTBEAT_SECONDS = 30  # Prefect's minimum
 ZOMBIE_WITHIN_SECONDS = 90  # a run without a heartbeat this long is crashed
 ZOMBIE_AUTOMATION = "driftloop-crash-zombie-runs"
@@ -251,6 +248,19 @@ def pool_template() -> dict[str, Any]:
     return template
 
 
+def runs_per_worker() -> int:
+    """How many flow runs a worker runs at once (`DRIFTLOOP_STACK_RUNS_PER_WORKER`, 0: no limit).
+    The default, one, keeps two trainings off one worker and leaves the retrain a monitoring run
+    waits for to the other worker."""
+    value = os.environ.get("DRIFTLOOP_STACK_RUNS_PER_WORKER", "1").strip() or "1"
+    try:
+        return max(int(value), 0)
+    except ValueError:
+        raise StackError(
+            f"DRIFTLOOP_STACK_RUNS_PER_WORKER={value!r}: give a number of runs (0: no limit)"
+        ) from None
+
+
 def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
@@ -275,6 +285,7 @@ def _base_env(config: StackConfig) -> dict[str, str]:
 def parts(config: StackConfig) -> list[Part]:
     """The stack's processes, in start order."""
     keys = stack_secrets(config)
+    limit = runs_per_worker()
     base = _base_env(config)
     prefect_server = {**base, **server_env(config)}
     mlflow_env = {
@@ -374,8 +385,7 @@ def parts(config: StackConfig) -> list[Part]:
                 f"{config.prefix}-worker-{i}",
                 "--type",
                 "process",
-                "--limit",
-                str(RUNS_PER_WORKER),
+                *(["--limit", str(limit)] if limit else []),
             ),
             {**worker_env, **({SOCKET_ENV: str(warm_socket(config, i))} if warm_starts() else {})},
             stop_signal=signal.SIGINT,
