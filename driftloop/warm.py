@@ -210,9 +210,8 @@ def serve(path: str | Path, modules: tuple[str, ...] = PRELOAD, module: str = EN
         while not stopping:
             for key, _events in selector.select(timeout=5):
                 if key.data == "wake":
-                    with contextlib.suppress(BlockingIOError):
-                        while wake_r.recv(512):
-                            pass
+                    with contextlib.suppress(BlockingIOError):  # a byte per signal; select
+                        wake_r.recv(4096)  # wakes again if more are left
                     continue
                 conn, _ = listener.accept()
                 pid = _fork_run(conn, module, (listener, wake_r, wake_w), selector)
