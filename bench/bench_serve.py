@@ -146,20 +146,6 @@ class Bench:
     features: dict[int, list[bytes]]  # for mlflow: the model's feature rows
 
 
-def _driftloop(bench_env: dict[str, str], root: Path, *args: str) -> str:
-    done = subprocess.run(
-        [str(harness.BIN / "driftloop"), *args],
-        cwd=root,
-        env=bench_env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"driftloop {' '.join(args)} -> {done.returncode}\n{done.stderr}")
-    return done.stdout
-
-
 def prepare(work: Path, fraction: float, rows: int) -> Bench:
     """Make the flights data, a project, v1 champion and v2 challenger; the request bodies."""
     env = harness.child_env(pycache=work / "pycache")
@@ -168,9 +154,9 @@ def prepare(work: Path, fraction: float, rows: int) -> Bench:
     params["serve"] = {"experiment": {"kind": "shadow", "max_p99_ms": 60_000.0}}
     made.params.write_text(yaml.safe_dump(params, sort_keys=False))
     root = harness.ProjectFactory(work / "projects", env).new(made.params, "flights")
-    _driftloop(env, root, "ingest")
-    _driftloop(env, root, "train", "--json")
-    second = json.loads(_driftloop(env, root, "train", "--no-promote", "--json"))
+    harness.driftloop(env, root, "ingest")
+    harness.driftloop(env, root, "train", "--json")
+    second = json.loads(harness.driftloop(env, root, "train", "--no-promote", "--json"))
     model = params["train"]["model_name"]
     env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / '.driftloop' / 'mlflow.db'}"}
     from mlflow import MlflowClient
@@ -282,12 +268,12 @@ def servers(bench: Bench) -> Iterator[dict[str, str]]:
                 "MLFLOW_TRACKING_URI": f"sqlite:///{root / '.driftloop' / 'mlflow.db'}",
             }
             if kind == "shadow":
-                _driftloop(env, root, "experiment", "start")
+                harness.driftloop(env, root, "experiment", "start")
             cmd, urls[kind], ready = server_command(bench, kind, harness.free_port())
             stack.enter_context(server(cmd, root, env, ready))
         yield urls
         status = json.loads(
-            _driftloop(envs["shadow"], roots["shadow"], "experiment", "status", "--json")
+            harness.driftloop(envs["shadow"], roots["shadow"], "experiment", "status", "--json")
         )
         if status.get("status") != "running":
             raise RuntimeError(f"the shadow experiment ended during the run: {status['message']}")

@@ -38,7 +38,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -90,13 +89,7 @@ class Stack:
             yield self
 
     def cli(self, *args: str, timeout: float = 1800) -> str:
-        cmd = [str(harness.BIN / "driftloop"), *args]
-        done = subprocess.run(
-            cmd, cwd=self.project, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"driftloop {' '.join(args)} -> {done.returncode}: {done.stderr}")
-        return done.stdout
+        return harness.driftloop(self.env, self.project, *args, timeout=timeout)
 
 
 # -- flow runs ------------------------------------------------------------------------------------

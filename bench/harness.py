@@ -236,6 +236,22 @@ def prefect_server(home: Path, env: dict[str, str]) -> Iterator[str]:
         yield api_url
 
 
+def driftloop(env: dict[str, str], root: Path, *args: str, timeout: float = 1800) -> str:
+    """`driftloop ARGS` in `root` as a new process; its stdout (RuntimeError with stderr if it
+    fails)."""
+    done = subprocess.run(
+        [str(BIN / "driftloop"), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"driftloop {' '.join(args)} -> {done.returncode}\n{done.stderr}")
+    return done.stdout
+
+
 # -- throwaway projects ---------------------------------------------------------------------------
 
 
