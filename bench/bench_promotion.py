@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
+from bench.harness import percentile
 
 TRAIN_UNTIL = "2014-12-31"
 BARRIER_TIMEOUT_S = 600.0
@@ -112,16 +112,6 @@ def race(
 
 
 # -- the figures of one race (pure) ---------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between the closest ranks (numpy's default)."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def _ms(values: Sequence[float]) -> dict[str, float]:

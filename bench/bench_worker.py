@@ -332,12 +332,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _spread(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0}
-    ordered = sorted(values)
-
-    def q(p: float) -> float:
-        return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
-
-    return {"n": len(ordered), "p50": q(0.5), "p95": q(0.95), "max": ordered[-1], "min": ordered[0]}
+    return {
+        "n": len(values),
+        "p50": harness.percentile(values, 50),
+        "p95": harness.percentile(values, 95),
+        "max": max(values),
+        "min": min(values),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

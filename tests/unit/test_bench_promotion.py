@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from bench.bench_promotion import percentile, ratios, summarize
+from bench.bench_promotion import ratios, summarize
+from bench.harness import percentile
 
 
 def _attempt(round_: int, basis: str, version: str, outcome: str, began: float, took: float):
